@@ -1,0 +1,1 @@
+"""Variational Reward Modeling as a Pyro probabilistic program."""
