@@ -1,0 +1,82 @@
+"""Hidden-state features of preference pairs: what the guide and the reward head read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["PreferenceFeatures", "PairBatch"]
+
+
+class PairBatch(NamedTuple):
+    """A minibatch of B pairs, the one argument model and guide share.
+
+    index: (B,) positions of the pairs in their data set (for the plate's subsampling).
+    prompt_state, chosen_state, rejected_state: (B, H) hidden states h_x, h_xc, h_xr.
+    target: (B, K) supervision target t on the simplex, or None.
+    """
+
+    index: torch.Tensor
+    prompt_state: torch.Tensor
+    chosen_state: torch.Tensor
+    rejected_state: torch.Tensor
+    target: torch.Tensor | None = None
+
+
+@dataclass
+class PreferenceFeatures:
+    """N preference pairs as hidden states, with optional aspect scores.
+
+    prompt_state, chosen_state, rejected_state: (N, H) float.
+    prompt_id: (N,) long, which prompt each pair belongs to (splits are made by prompt).
+    chosen_scores, rejected_scores: (N, K) float aspect scores, or None.
+
+    >>> f = PreferenceFeatures(torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3, 2))
+    >>> len(f), f.hidden_size, len(f.select(torch.tensor([0, 2])))
+    (3, 2, 2)
+    """
+
+    prompt_state: torch.Tensor
+    chosen_state: torch.Tensor
+    rejected_state: torch.Tensor
+    prompt_id: torch.Tensor | None = None
+    chosen_scores: torch.Tensor | None = None
+    rejected_scores: torch.Tensor | None = None
+
+    def __post_init__(self):
+        n = len(self.prompt_state)
+        if self.prompt_id is None:
+            self.prompt_id = torch.arange(n)
+        if (self.chosen_scores is None) != (self.rejected_scores is None):
+            raise ValueError("aspect scores need both chosen_scores and rejected_scores")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"PreferenceFeatures.{f.name} has {len(value)} rows, expected {n}")
+        if not self.prompt_state.shape == self.chosen_state.shape == self.rejected_state.shape:
+            raise ValueError("prompt, chosen and rejected states must have the same shape (N, H)")
+
+    def __len__(self) -> int:
+        return len(self.prompt_state)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.prompt_state.shape[-1]
+
+    @property
+    def num_aspects(self) -> int | None:
+        return None if self.chosen_scores is None else self.chosen_scores.shape[-1]
+
+    def select(self, index: torch.Tensor) -> PreferenceFeatures:
+        """The pairs at ``index``, as a new table."""
+        return PreferenceFeatures(**{
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+            for f in fields(self)
+        })
+
+    def batch(self, index: torch.Tensor, target: torch.Tensor | None = None) -> PairBatch:
+        """A :class:`PairBatch` of the pairs at ``index`` (``target`` is the full (N, K) table)."""
+        return PairBatch(index, self.prompt_state[index], self.chosen_state[index],
+                         self.rejected_state[index], None if target is None else target[index])

@@ -1,0 +1,266 @@
+r"""The VRM generative model of a human preference judgement.
+
+For each preference pair n (prompt x_n, chosen response y_n^c, rejected response y_n^r):
+
+.. math::
+
+    w_n &\sim \mathrm{Dirichlet}(\alpha_0)                       && \text{objective weights of the prompt} \\
+    z_n^c, z_n^r &\sim \mathcal{N}(\mu_0, \Sigma_0)               && \text{semantic features of each response} \\
+    s(z) &= A z + b \in \mathbb{R}^K                              && \text{per-objective quality scores} \\
+    r(w, z) &= w \cdot s(z)                                       && \text{reward} \\
+    y_n &\sim \mathrm{Bernoulli}(\sigma(r(w_n, z_n^c) - r(w_n, z_n^r))) && y_n = 1: \text{chosen wins}
+
+Optionally, with aspect annotations observed (``aspects``), a_n^c ~ N(s(z_n^c), sigma_a) and
+a_n^r ~ N(s(z_n^r), sigma_a), which ties each decoder output to a named aspect.
+
+Every prior lives in :class:`Priors`; this file holds no I/O and no training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroSample
+from torch import nn
+
+__all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "model", "SITES"]
+
+# Sample-site and plate names, shared with the guide (guide.py).
+SITES = {
+    "plate": "pairs",
+    "weights": "objective_weights",
+    "chosen": "chosen_features",
+    "rejected": "rejected_features",
+    "preference": "preference",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Priors: the one place a statistician edits. Paper defaults: alpha0 = 1, mu0 = 0, Sigma0 = I.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Priors:
+    """Every prior of the VRM model, as one value object.
+
+    Args:
+        concentration: Dirichlet concentration alpha0 of the objective weights, a scalar or one
+            value per objective.
+        feature_loc: prior mean mu0 of each semantic feature.
+        feature_scale: prior standard deviation of each feature (Sigma0 = feature_scale**2 I).
+        feature_scale_tril: a lower-triangular (d, d) scale of a full-covariance Normal prior;
+            overrides ``feature_scale`` when given.
+        feature_df: degrees of freedom of a Student-t feature prior instead of the Normal
+            (None: Normal). Its KL has no closed form, so the ELBO estimates it by Monte Carlo.
+        aspect_noise: sigma_a, the sd of observed aspect scores around s(z) (``observe_aspects``).
+        decoder_scale: sd of the Normal prior on A and b (Bayesian decoder only).
+        concentration_hyperprior: (shape, rate) of a Gamma hyperprior on each alpha0 component;
+            None keeps alpha0 fixed.
+
+    >>> Priors()
+    Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0))
+    >>> Priors(concentration=0.3) == Priors(concentration=0.3)
+    True
+    """
+
+    concentration: float | tuple[float, ...] = 1.0
+    feature_loc: float = 0.0
+    feature_scale: float = 1.0
+    feature_scale_tril: tuple[tuple[float, ...], ...] | None = None
+    feature_df: float | None = None
+    aspect_noise: float = 1.0
+    decoder_scale: float = 1.0
+    concentration_hyperprior: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        conc = self.concentration if isinstance(self.concentration, tuple) else (self.concentration,)
+        if any(c <= 0 for c in conc):
+            raise ValueError(f"Priors.concentration must be positive, got {self.concentration}")
+        for name in ("feature_scale", "aspect_noise", "decoder_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Priors.{name} must be positive, got {getattr(self, name)}")
+        if self.feature_df is not None and self.feature_df <= 0:
+            raise ValueError(f"Priors.feature_df must be positive, got {self.feature_df}")
+        if self.concentration_hyperprior is not None and min(self.concentration_hyperprior) <= 0:
+            raise ValueError("Priors.concentration_hyperprior needs a positive (shape, rate)")
+
+    def __repr__(self) -> str:
+        if self.concentration_hyperprior is not None:
+            weights = "Dirichlet(Gamma{})".format(self.concentration_hyperprior)
+        else:
+            weights = f"Dirichlet({self.concentration})"
+        if self.feature_scale_tril is not None:
+            features = f"MultivariateNormal({self.feature_loc}, scale_tril)"
+        elif self.feature_df is not None:
+            features = f"StudentT({self.feature_df}, {self.feature_loc}, {self.feature_scale})"
+        else:
+            features = f"Normal({self.feature_loc}, {self.feature_scale})"
+        return f"Priors(objective_weights: {weights}, features: {features})"
+
+    def concentration_vector(self, num_objectives: int, like: torch.Tensor) -> torch.Tensor:
+        """alpha0 as a (K,) tensor on ``like``'s device and dtype."""
+        alpha = like.new_tensor(self.concentration)
+        if alpha.dim() == 1 and alpha.numel() != num_objectives:
+            raise ValueError(
+                f"Priors.concentration has {alpha.numel()} values for {num_objectives} objectives"
+            )
+        return alpha.expand(num_objectives)
+
+    def objective_weights(self, concentration: torch.Tensor) -> dist.Distribution:
+        """p(w) given alpha0 (K,)."""
+        return dist.Dirichlet(concentration)
+
+    def semantic_features(self, latent_dim: int, like: torch.Tensor) -> dist.Distribution:
+        """p(z), with event shape (d,)."""
+        loc = like.new_full((latent_dim,), self.feature_loc)
+        if self.feature_scale_tril is not None:
+            scale_tril = like.new_tensor(self.feature_scale_tril)
+            if scale_tril.shape != (latent_dim, latent_dim):
+                raise ValueError(
+                    f"Priors.feature_scale_tril has shape {tuple(scale_tril.shape)}, "
+                    f"expected ({latent_dim}, {latent_dim})"
+                )
+            return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        scale = like.new_full((latent_dim,), self.feature_scale)
+        if self.feature_df is not None:
+            return dist.StudentT(like.new_tensor(self.feature_df), loc, scale).to_event(1)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def concentration_prior(self, num_objectives: int, like: torch.Tensor) -> dist.Distribution:
+        """Gamma hyperprior on alpha0, event shape (K,)."""
+        shape, rate = self.concentration_hyperprior
+        return dist.Gamma(like.new_tensor(shape), like.new_tensor(rate)).expand([num_objectives]).to_event(1)
+
+    def decoder_weight(self, num_objectives: int, latent_dim: int) -> dist.Distribution:
+        """Prior on the decoder's A (K, d) for the Bayesian decoder."""
+        return dist.Normal(0.0, self.decoder_scale).expand([num_objectives, latent_dim]).to_event(2)
+
+    def decoder_bias(self, num_objectives: int) -> dist.Distribution:
+        """Prior on the decoder's b (K,) for the Bayesian decoder."""
+        return dist.Normal(0.0, self.decoder_scale).expand([num_objectives]).to_event(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders: r(w, z) from objective weights and semantic features.
+# ---------------------------------------------------------------------------------------------
+class LinearDecoder(PyroModule):
+    """s(z) = A z + b (K scores, one per named objective) and r(w, z) = w . s(z).
+
+    With ``priors`` given, A and b are global latents with the priors' Normal, otherwise they are
+    point-estimated parameters.
+
+    >>> dec = LinearDecoder(latent_dim=3, num_objectives=2)
+    >>> reward, scores = dec(torch.tensor([[0.5, 0.5]]), torch.zeros(1, 3))
+    >>> reward.shape, scores.shape
+    (torch.Size([1]), torch.Size([1, 2]))
+    """
+
+    def __init__(self, latent_dim: int, num_objectives: int, priors: Priors | None = None):
+        super().__init__(name="decoder")
+        self.latent_dim, self.num_objectives = latent_dim, num_objectives
+        if priors is None:
+            self.weight = nn.Parameter(torch.randn(num_objectives, latent_dim) / latent_dim**0.5)
+            self.bias = nn.Parameter(torch.zeros(num_objectives))
+        else:
+            self.weight = PyroSample(priors.decoder_weight(num_objectives, latent_dim))
+            self.bias = PyroSample(priors.decoder_bias(num_objectives))
+
+    def forward(self, w: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """r(w, z) (...) and s(z) (..., K) from w (..., K) and z (..., d), broadcast.
+
+        Both come from one call, so a Bayesian decoder draws A and b once per model run.
+        """
+        # A may carry batch dims of its own (Bayesian decoder under Predictive), so no matmul.
+        scores = (z.unsqueeze(-2) * self.weight).sum(-1) + self.bias
+        return (w * scores).sum(-1), scores
+
+
+class MLPDecoder(PyroModule):
+    """r(w, z) = MLP([w, z]): more flexible, no per-objective scores."""
+
+    def __init__(self, latent_dim: int, num_objectives: int, width: int = 64):
+        super().__init__(name="decoder")
+        self.latent_dim, self.num_objectives = latent_dim, num_objectives
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + num_objectives, width), nn.SiLU(), nn.Linear(width, 1)
+        )
+
+    def forward(self, w: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """r(w, z) (...) from w (..., K) and z (..., d), broadcast; no scores s(z)."""
+        shape = torch.broadcast_shapes(w.shape[:-1], z.shape[:-1])
+        wz = torch.cat([w.expand(shape + w.shape[-1:]), z.expand(shape + z.shape[-1:])], -1)
+        return self.net(wz).squeeze(-1), None
+
+
+def make_decoder(
+    kind: str, latent_dim: int, num_objectives: int, priors: Priors | None = None,
+    bayesian: bool = False,
+) -> LinearDecoder | MLPDecoder:
+    """Build the ``linear`` or ``mlp`` decoder; ``bayesian`` puts the priors' Normal on A, b."""
+    if kind == "linear":
+        return LinearDecoder(latent_dim, num_objectives, (priors or Priors()) if bayesian else None)
+    if kind == "mlp":
+        if bayesian:
+            raise ValueError("a Bayesian decoder is available for --decoder linear only")
+        return MLPDecoder(latent_dim, num_objectives)
+    raise ValueError(f"unknown decoder {kind!r}: choose 'linear' or 'mlp'")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------------------------
+def model(
+    batch,
+    decoder: LinearDecoder | MLPDecoder,
+    priors: Priors = Priors(),
+    num_pairs: int | None = None,
+    preferences: torch.Tensor | None = None,
+    aspects: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The generative story above, for a minibatch of B pairs out of ``num_pairs``.
+
+    Args:
+        batch: the minibatch; the model reads only ``batch.index`` (B,), the pairs' positions
+            in the data set. Its hidden states are for the guide.
+        decoder: r(w, z), a :class:`LinearDecoder` or :class:`MLPDecoder`.
+        priors: every prior of the model.
+        num_pairs: N, the size of the data set (default B): the plate scales log-densities by
+            N / B so that a minibatch ELBO estimates the full-data ELBO.
+        preferences: y (B,), 1.0 where the chosen response wins; None samples y.
+        aspects: (a^c, a^r), each (B, K), standardized aspect scores observed around s(z);
+            None leaves them out of the model.
+
+    Returns:
+        y (B,).
+    """
+    index = batch.index
+    num_objectives, latent_dim = decoder.num_objectives, decoder.latent_dim
+    like = torch.zeros((), device=index.device)  # priors are built on the data's device
+
+    if priors.concentration_hyperprior is None:
+        concentration = priors.concentration_vector(num_objectives, like)
+    else:
+        concentration = pyro.sample("concentration", priors.concentration_prior(num_objectives, like))
+
+    with pyro.plate(SITES["plate"], num_pairs or len(index), subsample=index):
+        w = pyro.sample(SITES["weights"], priors.objective_weights(concentration))
+        z_chosen = pyro.sample(SITES["chosen"], priors.semantic_features(latent_dim, like))
+        z_rejected = pyro.sample(SITES["rejected"], priors.semantic_features(latent_dim, like))
+
+        rewards, scores = decoder(w, torch.stack([z_chosen, z_rejected]))  # (2, B), (2, B, K)
+        r_chosen, r_rejected = rewards.unbind(0)
+        pyro.deterministic("chosen_reward", r_chosen)
+        pyro.deterministic("rejected_reward", r_rejected)
+        y = pyro.sample(
+            SITES["preference"], dist.Bernoulli(logits=r_chosen - r_rejected), obs=preferences
+        )
+
+        if aspects is not None:
+            if scores is None:
+                raise ValueError("observed aspects need per-objective scores: use --decoder linear")
+            sigma_a = priors.aspect_noise
+            pyro.sample("chosen_aspects", dist.Normal(scores[0], sigma_a).to_event(1), obs=aspects[0])
+            pyro.sample("rejected_aspects", dist.Normal(scores[1], sigma_a).to_event(1), obs=aspects[1])
+    return y
