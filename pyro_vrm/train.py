@@ -1,0 +1,166 @@
+r"""Fitting VRM with Pyro's SVI (DESIGN.md section 3).
+
+The loss per step is the paper's Eq. 14 for the minibatch, divided by the data size N:
+
+    ( -ELBO + lambda * sum_n L_sup(t_n, m_n) ) / N
+
+with the ELBO from ``TraceMeanField_ELBO`` (closed-form KLs) or ``Trace_ELBO``, both scaled to
+the full data by the plate's subsampling, and the supervision term read off the Dirichlet
+parameters of the same guide run that the ELBO used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim import ClippedAdam
+from tqdm.auto import tqdm
+
+from .config import ModelConfig, TrainConfig
+from .features import PairBatch, PreferenceFeatures
+from .model import SITES, Priors
+from .posterior import _kl, reward_posterior
+from .runs import RunDir
+from .supervision import Standardizer, supervision_loss, supervision_target
+from .vrm import VRM
+
+__all__ = ["NonFiniteLoss", "VRMObjective", "make_elbo", "minibatches", "fit_vrm", "seed_everything"]
+
+DEFAULT_NUM_OBJECTIVES = 4  # UltraFeedback's aspects, when the data carries no scores
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, torch and Pyro, and empty the param store: the first thing a fit does."""
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+
+
+def make_elbo(config: TrainConfig):
+    cls = TraceMeanField_ELBO if config.elbo == "meanfield" else Trace_ELBO
+    return cls(num_particles=config.num_particles, vectorize_particles=config.num_particles > 1,
+               max_plate_nesting=1)
+
+
+def minibatches(num_pairs: int, batch_size: int, steps: int, seed: int):
+    """``steps`` index tensors (B,), each epoch a fresh permutation (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, num_pairs)
+    order, position = torch.randperm(num_pairs, generator=g), 0
+    for _ in range(steps):
+        if position + batch_size > num_pairs:
+            order, position = torch.randperm(num_pairs, generator=g), 0
+        yield order[position:position + batch_size]
+        position += batch_size
+
+
+class VRMObjective:
+    """Loss callable for ``pyro.infer.SVI``: (-ELBO + lambda * L_sup) / N for a minibatch.
+
+    After each call, ``terms`` holds the guide's distributions of that step (for metrics).
+    """
+
+    def __init__(self, elbo, lambda_sup: float, sup_loss: str):
+        self.elbo, self.lambda_sup, self.sup_loss = elbo, lambda_sup, sup_loss
+        self.terms: dict = {}
+
+    def __call__(self, model, guide, batch: PairBatch, num_pairs: int, **kwargs) -> torch.Tensor:
+        traced_guide = poutine.trace(guide)  # lets the supervision term reuse the ELBO's guide run
+        elbo_loss = self.elbo.differentiable_loss(model, traced_guide, batch, num_pairs=num_pairs, **kwargs)
+        nodes = traced_guide.trace.nodes
+        q_w = nodes[SITES["weights"]]["fn"]
+        sup = torch.zeros(())
+        if self.lambda_sup > 0 and batch.target is not None:
+            sup = supervision_loss(self.sup_loss, batch.target, q_w.concentration).mean()
+        self.terms = {"elbo_loss": elbo_loss.detach() / num_pairs, "sup": sup.detach(),
+                      "q_w": q_w, "q_chosen": nodes[SITES["chosen"]]["fn"],
+                      "q_rejected": nodes[SITES["rejected"]]["fn"]}
+        return elbo_loss / num_pairs + self.lambda_sup * sup
+
+
+def supervision_setup(train: PreferenceFeatures, config: TrainConfig):
+    """(standardizer, targets (N, K)) from the training scores, or (None, None) without scores."""
+    if train.chosen_scores is None:
+        return None, None
+    standardizer = Standardizer.fit(train.chosen_scores, train.rejected_scores)
+    return standardizer, supervision_target(standardizer(train.chosen_scores), config.sup_temperature)
+
+
+@torch.no_grad()
+def step_metrics(vrm: VRM, objective: VRMObjective, batch: PairBatch) -> dict:
+    """Per-pair loss terms and accuracy of one minibatch (B pairs), from the step's guide run."""
+    t, priors = objective.terms, vrm.priors
+    particle_mean = lambda x: x.reshape(-1, len(batch.index)).mean(0)  # noqa: E731
+    like = batch.prompt_state
+    p_z = priors.semantic_features(vrm.config.latent_dim, like)
+    kl_z = sum(particle_mean(_kl(t[k], p_z, 1)).mean() for k in ("q_chosen", "q_rejected"))
+    if priors.concentration_hyperprior is None:
+        p_w = priors.objective_weights(priors.concentration_vector(vrm.num_objectives, like))
+        kl_w = particle_mean(_kl(t["q_w"], p_w, 1)).mean()
+    else:
+        kl_w = torch.tensor(float("nan"))
+    mean_c, _ = reward_posterior(vrm, batch.prompt_state, batch.chosen_state, num_samples=32)
+    mean_r, _ = reward_posterior(vrm, batch.prompt_state, batch.rejected_state, num_samples=32)
+    margin = mean_c - mean_r
+    return {
+        "loss": float(t["elbo_loss"] + objective.lambda_sup * t["sup"]),
+        "elbo": float(-t["elbo_loss"]),
+        "expected_log_lik": float(-t["elbo_loss"] + kl_w + kl_z) if not kl_w.isnan() else None,
+        "kl_w": float(kl_w), "kl_z": float(kl_z), "sup_loss": float(t["sup"]),
+        "accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean()),
+        "mean_reward": float(torch.cat([mean_c, mean_r]).mean()),
+    }
+
+
+def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
+            train_config: TrainConfig = TrainConfig(), priors: Priors = Priors(),
+            run: RunDir | None = None, progress: bool = True) -> tuple[VRM, Standardizer | None]:
+    """Fit VRM to ``train`` with SVI; write metrics and checkpoints to ``run`` if given."""
+    cfg = train_config
+    seed_everything(cfg.seed)
+    num_objectives = train.num_aspects or DEFAULT_NUM_OBJECTIVES
+    vrm = VRM(model_config, train.hidden_size, num_objectives, priors)
+    standardizer, targets = supervision_setup(train, cfg)
+    if model_config.observe_aspects and standardizer is None:
+        raise ValueError("--observe-aspects needs data with aspect scores")
+    aspects = (standardizer(train.chosen_scores), standardizer(train.rejected_scores)) \
+        if model_config.observe_aspects else None
+
+    objective = VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss)
+    optim = ClippedAdam({"lr": cfg.lr, "lrd": cfg.lr_decay ** (1 / cfg.steps), "clip_norm": cfg.clip_norm})
+    svi = SVI(vrm.model, vrm.guide, optim, loss=objective)
+    checkpoint_config = {"model": asdict(model_config), "train": asdict(cfg), "priors": repr(priors),
+                         "hidden_size": train.hidden_size, "num_objectives": num_objectives}
+    extra = {} if standardizer is None else {"score_mean": standardizer.mean, "score_sd": standardizer.sd}
+    num_pairs, last_good = len(train), None
+    if run is not None:
+        run.start_metrics()
+
+    bar = tqdm(total=cfg.steps, disable=not progress, desc="svi", mininterval=1.0)
+    for step, index in enumerate(minibatches(num_pairs, cfg.batch_size, cfg.steps, cfg.seed), 1):
+        batch = train.batch(index, targets)
+        kwargs = {} if aspects is None else {"aspects": (aspects[0][index], aspects[1][index])}
+        loss = svi.step(batch, num_pairs=num_pairs, preferences=torch.ones(len(index)), **kwargs)
+        if not math.isfinite(loss):
+            where = f"; the last good checkpoint (step {last_good}) is in {run.checkpoint_dir}" \
+                if run is not None and last_good else ""
+            raise NonFiniteLoss(f"loss is {loss} at step {step}{where}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = {"step": step, **step_metrics(vrm, objective, batch)}
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+            if run is not None:
+                run.log_metrics(record)
+        if run is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            run.save_checkpoint(checkpoint_config, extra)
+            last_good = step
+        bar.update()
+    bar.close()
+    return vrm, standardizer
