@@ -1,0 +1,85 @@
+"""Summaries of a fit, for VRM and the Bradley-Terry baseline side by side."""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+
+from .baseline import RewardHead
+from .features import PreferenceFeatures
+from .posterior import evaluate_pairs, pac_bayes_bound, pairwise_accuracy
+from .supervision import Standardizer, supervision_target
+from .train import make_elbo
+from .config import TrainConfig
+from .vrm import VRM
+
+__all__ = ["pearson", "full_data_elbo", "summarize_vrm", "summarize_reward_model"]
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of all entries of ``a`` and ``b``."""
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]).double())[0, 1])
+
+
+@torch.no_grad()
+def full_data_elbo(vrm: VRM, features: PreferenceFeatures, num_particles: int = 16,
+                   chunk_size: int = 1024) -> float:
+    """ELBO per pair over all of ``features`` (Monte Carlo with ``num_particles`` draws)."""
+    elbo = make_elbo(TrainConfig(num_particles=num_particles))
+    total = 0.0
+    for start in range(0, len(features), chunk_size):
+        index = torch.arange(start, min(start + chunk_size, len(features)))
+        batch = features.batch(index)._replace(index=torch.arange(len(index)))
+        with poutine.block():  # no param-store side effects
+            total -= elbo.loss(vrm.model, vrm.guide, batch, preferences=torch.ones(len(index)))
+    return total / len(features)
+
+
+def summarize_vrm(vrm: VRM, train: PreferenceFeatures, test: PreferenceFeatures,
+                  standardizer: Standardizer | None = None, truth: dict | None = None,
+                  sup_temperature: float = 1.0, delta: float = 0.05) -> dict:
+    """Accuracy, ELBO, PAC-Bayes bound and, with the simulator's ``truth``, the gap to the
+    oracle and the recovery of w (Pearson correlation of E_q[w] with the true w, test prompts)."""
+    ev = {split: evaluate_pairs(vrm, f) for split, f in (("train", train), ("test", test))}
+    kl_total = float(ev["train"]["kl"].sum())
+    gibbs_error = float(ev["train"]["gibbs_error"].mean())
+    summary = {
+        "model": "vrm",
+        "test_accuracy": pairwise_accuracy(ev["test"]["mean_chosen"], ev["test"]["mean_rejected"]),
+        "train_accuracy": pairwise_accuracy(ev["train"]["mean_chosen"], ev["train"]["mean_rejected"]),
+        "elbo": full_data_elbo(vrm, train),
+        "kl_per_pair": kl_total / len(train),
+        "train_gibbs_error": gibbs_error,
+        # Paper Eq. 20: the KL summed over the training set enters the bound.
+        "pac_bayes_bound": pac_bayes_bound(gibbs_error, kl_total, len(train), delta),
+        "pac_bayes_kl": "sum over training pairs",
+        "pac_bayes_delta": delta,
+        "test_log_loss": float(-ev["test"]["prob_chosen"].clamp_min(1e-12).log().mean()),
+    }
+    if truth is not None:
+        summary.update(_oracle(truth, summary["test_accuracy"]))
+        w_true = truth["test"]["objective_weights"]
+        summary["w_recovery"] = pearson(ev["test"]["weight_mean"], w_true)
+        if standardizer is not None:
+            target = supervision_target(standardizer(test.chosen_scores), sup_temperature)
+            summary["target_w_corr"] = pearson(target, w_true)
+    return summary
+
+
+@torch.no_grad()
+def summarize_reward_model(head: RewardHead, train: PreferenceFeatures, test: PreferenceFeatures,
+                           truth: dict | None = None) -> dict:
+    """Accuracy of the Bradley-Terry head and, with ``truth``, its gap to the oracle."""
+    def accuracy(f: PreferenceFeatures) -> float:
+        return pairwise_accuracy(head(f.prompt_state, f.chosen_state), head(f.prompt_state, f.rejected_state))
+
+    summary = {"model": "rm", "test_accuracy": accuracy(test), "train_accuracy": accuracy(train)}
+    if truth is not None:
+        summary.update(_oracle(truth, summary["test_accuracy"]))
+    return summary
+
+
+def _oracle(truth: dict, test_accuracy: float) -> dict:
+    t = truth["test"]
+    oracle = pairwise_accuracy(t["chosen_reward"], t["rejected_reward"])
+    return {"oracle_accuracy": oracle, "gap_to_oracle": oracle - test_accuracy}
