@@ -51,7 +51,7 @@ def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = Mode
     pyro.module("reward_head", head)  # its parameters live in the param store, as VRM's do
     optim = ClippedAdam(head.parameters(), lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps),
                         clip_norm=cfg.clip_norm)
-    checkpoint_config = {"model": asdict(model_config), "train": asdict(cfg),
+    checkpoint_config = {"kind": "rm", "model": asdict(model_config), "train": asdict(cfg),
                          "hidden_size": train.hidden_size}
     if run is not None:
         run.start_metrics()
@@ -75,7 +75,7 @@ def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = Mode
             if run is not None:
                 run.log_metrics(record)
         if run is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            run.save_checkpoint(checkpoint_config)
+            run.save_checkpoint(checkpoint_config, head)
         bar.update()
     bar.close()
     return head

@@ -16,14 +16,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoGuideList, AutoNormal
+from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.nn.functional import softplus
 
 from .model import SITES
 
-__all__ = ["mlp", "WeightEncoder", "FeatureEncoder", "AmortizedGuide", "make_guide"]
+__all__ = ["mlp", "WeightEncoder", "FeatureEncoder", "AmortizedGuide", "GuideWithGlobals", "make_guide"]
 
 
 def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:
@@ -111,21 +112,30 @@ class AmortizedGuide(PyroModule):
             pyro.sample(SITES["rejected"], dist.Normal(loc[1], scale[1]).to_event(1))
 
 
+class GuideWithGlobals(nn.Module):
+    """The amortized guide of the local latents plus an AutoNormal over the global ones."""
+
+    def __init__(self, global_guide: AutoNormal, amortized: AmortizedGuide):
+        super().__init__()
+        self.global_guide, self.amortized = global_guide, amortized
+
+    def forward(self, *args, **kwargs):
+        self.global_guide(*args, **kwargs)
+        self.amortized(*args, **kwargs)
+
+
 def make_guide(model_fn, amortized: AmortizedGuide, has_global_latents: bool):
     """The full guide: the amortized guide, plus an AutoNormal over the model's global latents
     (a Bayesian decoder's A, b, or the hyperprior's alpha0) when there are any."""
     if not has_global_latents:
         return amortized
-    guide = AutoGuideList(model_fn)
     # Global latents are the unobserved sample sites outside every plate.
     global_model = poutine.block(
         model_fn,
         expose_fn=lambda msg: msg["type"] == "sample" and not msg["is_observed"]
-        and not msg["cond_indep_stack"],
+        and not msg["cond_indep_stack"] and not site_is_subsample(msg),
     )
-    guide.append(AutoNormal(global_model, init_scale=0.05))
-    guide.append(amortized)
-    return guide
+    return GuideWithGlobals(AutoNormal(global_model, init_scale=0.05), amortized)
 
 
 def _softplus_inverse(y: float) -> float:

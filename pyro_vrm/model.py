@@ -10,7 +10,8 @@ For each preference pair n (prompt x_n, chosen response y_n^c, rejected response
     r(w, z) &= w \cdot s(z)                                       && \text{reward} \\
     y_n &\sim \mathrm{Bernoulli}(\sigma(r(w_n, z_n^c) - r(w_n, z_n^r))) && y_n = 1: \text{chosen wins}
 
-Optionally, with aspect annotations observed (``aspects``), a_n^c ~ N(s(z_n^c), sigma_a) and
+Optionally, A and b are global latents with Normal priors (a Bayesian decoder), alpha0 has a
+LogNormal hyperprior, and, with aspect annotations observed (``aspects``), a_n^c ~ N(s(z_n^c), sigma_a) and
 a_n^r ~ N(s(z_n^r), sigma_a), which ties each decoder output to a named aspect.
 
 Every prior lives in :class:`Priors`; this file holds no I/O and no training code.
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
 __all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "model", "SITES"]
@@ -56,8 +56,9 @@ class Priors:
             (None: Normal). Its KL has no closed form, so the ELBO estimates it by Monte Carlo.
         aspect_noise: sigma_a, the sd of observed aspect scores around s(z) (``observe_aspects``).
         decoder_scale: sd of the Normal prior on A and b (Bayesian decoder only).
-        concentration_hyperprior: (shape, rate) of a Gamma hyperprior on each alpha0 component;
-            None keeps alpha0 fixed.
+        concentration_hyperprior: (loc, scale) of a LogNormal hyperprior on each alpha0
+            component, sampled as log alpha0 ~ Normal(loc, scale) so that its guide needs no
+            change of variables; None keeps alpha0 fixed.
 
     >>> Priors()
     Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0))
@@ -83,12 +84,12 @@ class Priors:
                 raise ValueError(f"Priors.{name} must be positive, got {getattr(self, name)}")
         if self.feature_df is not None and self.feature_df <= 0:
             raise ValueError(f"Priors.feature_df must be positive, got {self.feature_df}")
-        if self.concentration_hyperprior is not None and min(self.concentration_hyperprior) <= 0:
-            raise ValueError("Priors.concentration_hyperprior needs a positive (shape, rate)")
+        if self.concentration_hyperprior is not None and self.concentration_hyperprior[1] <= 0:
+            raise ValueError("Priors.concentration_hyperprior needs a positive scale")
 
     def __repr__(self) -> str:
         if self.concentration_hyperprior is not None:
-            weights = "Dirichlet(Gamma{})".format(self.concentration_hyperprior)
+            weights = "Dirichlet(LogNormal{})".format(self.concentration_hyperprior)
         else:
             weights = f"Dirichlet({self.concentration})"
         if self.feature_scale_tril is not None:
@@ -128,13 +129,13 @@ class Priors:
             return dist.StudentT(like.new_tensor(self.feature_df), loc, scale).to_event(1)
         return dist.Normal(loc, scale).to_event(1)
 
-    def concentration_prior(self, num_objectives: int, like: torch.Tensor) -> dist.Distribution:
-        """Gamma hyperprior on alpha0, event shape (K,)."""
-        shape, rate = self.concentration_hyperprior
-        return dist.Gamma(like.new_tensor(shape), like.new_tensor(rate)).expand([num_objectives]).to_event(1)
+    def log_concentration_prior(self, num_objectives: int, like: torch.Tensor) -> dist.Distribution:
+        """Normal hyperprior on log alpha0, event shape (K,)."""
+        loc, scale = self.concentration_hyperprior
+        return dist.Normal(like.new_tensor(loc), like.new_tensor(scale)).expand([num_objectives]).to_event(1)
 
     def decoder_weight(self, num_objectives: int, latent_dim: int) -> dist.Distribution:
-        """Prior on the decoder's A (K, d) for the Bayesian decoder."""
+        """Prior on the decoder's A (K, d), for the Bayesian decoder."""
         return dist.Normal(0.0, self.decoder_scale).expand([num_objectives, latent_dim]).to_event(2)
 
     def decoder_bias(self, num_objectives: int) -> dist.Distribution:
@@ -145,11 +146,11 @@ class Priors:
 # ---------------------------------------------------------------------------------------------
 # Decoders: r(w, z) from objective weights and semantic features.
 # ---------------------------------------------------------------------------------------------
-class LinearDecoder(PyroModule):
+class LinearDecoder(nn.Module):
     """s(z) = A z + b (K scores, one per named objective) and r(w, z) = w . s(z).
 
-    With ``priors`` given, A and b are global latents with the priors' Normal, otherwise they are
-    point-estimated parameters.
+    A (K, d) and b (K,) are parameters, or, with ``bayesian=True``, global latents that the model
+    draws from the priors and passes in.
 
     >>> dec = LinearDecoder(latent_dim=3, num_objectives=2)
     >>> reward, scores = dec(torch.tensor([[0.5, 0.5]]), torch.zeros(1, 3))
@@ -157,31 +158,33 @@ class LinearDecoder(PyroModule):
     (torch.Size([1]), torch.Size([1, 2]))
     """
 
-    def __init__(self, latent_dim: int, num_objectives: int, priors: Priors | None = None):
-        super().__init__(name="decoder")
-        self.latent_dim, self.num_objectives = latent_dim, num_objectives
-        if priors is None:
+    def __init__(self, latent_dim: int, num_objectives: int, bayesian: bool = False):
+        super().__init__()
+        self.latent_dim, self.num_objectives, self.bayesian = latent_dim, num_objectives, bayesian
+        if not bayesian:
             self.weight = nn.Parameter(torch.randn(num_objectives, latent_dim) / latent_dim**0.5)
             self.bias = nn.Parameter(torch.zeros(num_objectives))
-        else:
-            self.weight = PyroSample(priors.decoder_weight(num_objectives, latent_dim))
-            self.bias = PyroSample(priors.decoder_bias(num_objectives))
 
-    def forward(self, w: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, w: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """r(w, z) (...) and s(z) (..., K) from w (..., K) and z (..., d), broadcast.
 
-        Both come from one call, so a Bayesian decoder draws A and b once per model run.
+        ``weight`` and ``bias`` replace A and b (a Bayesian decoder's draws); they may carry
+        leading batch dims of their own (under ``Predictive``), hence no matmul.
         """
-        # A may carry batch dims of its own (Bayesian decoder under Predictive), so no matmul.
-        scores = (z.unsqueeze(-2) * self.weight).sum(-1) + self.bias
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
+        scores = (z.unsqueeze(-2) * weight).sum(-1) + bias
         return (w * scores).sum(-1), scores
 
 
-class MLPDecoder(PyroModule):
+class MLPDecoder(nn.Module):
     """r(w, z) = MLP([w, z]): more flexible, no per-objective scores."""
 
+    bayesian = False
+
     def __init__(self, latent_dim: int, num_objectives: int, width: int = 64):
-        super().__init__(name="decoder")
+        super().__init__()
         self.latent_dim, self.num_objectives = latent_dim, num_objectives
         self.net = nn.Sequential(
             nn.Linear(latent_dim + num_objectives, width), nn.SiLU(), nn.Linear(width, 1)
@@ -194,13 +197,11 @@ class MLPDecoder(PyroModule):
         return self.net(wz).squeeze(-1), None
 
 
-def make_decoder(
-    kind: str, latent_dim: int, num_objectives: int, priors: Priors | None = None,
-    bayesian: bool = False,
-) -> LinearDecoder | MLPDecoder:
-    """Build the ``linear`` or ``mlp`` decoder; ``bayesian`` puts the priors' Normal on A, b."""
+def make_decoder(kind: str, latent_dim: int, num_objectives: int,
+                 bayesian: bool = False) -> LinearDecoder | MLPDecoder:
+    """Build the ``linear`` or ``mlp`` decoder; ``bayesian`` makes A, b latent (linear only)."""
     if kind == "linear":
-        return LinearDecoder(latent_dim, num_objectives, (priors or Priors()) if bayesian else None)
+        return LinearDecoder(latent_dim, num_objectives, bayesian)
     if kind == "mlp":
         if bayesian:
             raise ValueError("a Bayesian decoder is available for --decoder linear only")
@@ -242,14 +243,22 @@ def model(
     if priors.concentration_hyperprior is None:
         concentration = priors.concentration_vector(num_objectives, like)
     else:
-        concentration = pyro.sample("concentration", priors.concentration_prior(num_objectives, like))
+        log_concentration = pyro.sample("log_concentration",
+                                        priors.log_concentration_prior(num_objectives, like))
+        concentration = log_concentration.exp()
+
+    pyro.module("decoder", decoder)  # theta: point-estimated decoder parameters, if any
+    decoder_draws = {}
+    if decoder.bayesian:  # A ~ N(0, decoder_scale), b ~ N(0, decoder_scale): global latents
+        decoder_draws["weight"] = pyro.sample("decoder_weight", priors.decoder_weight(num_objectives, latent_dim))
+        decoder_draws["bias"] = pyro.sample("decoder_bias", priors.decoder_bias(num_objectives))
 
     with pyro.plate(SITES["plate"], num_pairs or len(index), subsample=index):
         w = pyro.sample(SITES["weights"], priors.objective_weights(concentration))
         z_chosen = pyro.sample(SITES["chosen"], priors.semantic_features(latent_dim, like))
         z_rejected = pyro.sample(SITES["rejected"], priors.semantic_features(latent_dim, like))
 
-        rewards, scores = decoder(w, torch.stack([z_chosen, z_rejected]))  # (2, B), (2, B, K)
+        rewards, scores = decoder(w, torch.stack([z_chosen, z_rejected]), **decoder_draws)  # (2, B), (2, B, K)
         r_chosen, r_rejected = rewards.unbind(0)
         pyro.deterministic("chosen_reward", r_chosen)
         pyro.deterministic("rejected_reward", r_rejected)

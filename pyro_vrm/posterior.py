@@ -81,13 +81,13 @@ def pair_posterior(vrm: VRM, batch: PairBatch, num_samples: int = 256) -> dict[s
 def kl_per_pair(vrm: VRM, batch: PairBatch, num_samples: int = 64) -> torch.Tensor:
     """KL(q(w|x) || p(w)) + KL(q(z_c) || p(z)) + KL(q(z_r) || p(z)) per pair (B,); closed form
     where torch has it, Monte Carlo otherwise. With a concentration hyperprior, p(w) is taken at
-    the hyperprior's mean."""
+    exp of the mean of its log."""
     guide, priors = vrm.amortized_guide, vrm.priors
     like = batch.prompt_state
     if priors.concentration_hyperprior is None:
         alpha0 = priors.concentration_vector(vrm.num_objectives, like)
     else:
-        alpha0 = priors.concentration_prior(vrm.num_objectives, like).mean
+        alpha0 = priors.log_concentration_prior(vrm.num_objectives, like).mean.exp()
     terms = [(guide.weight_posterior(batch.prompt_state), priors.objective_weights(alpha0))]
     p_z = priors.semantic_features(vrm.config.latent_dim, like)
     for state in (batch.chosen_state, batch.rejected_state):

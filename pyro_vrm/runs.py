@@ -63,20 +63,29 @@ class RunDir:
         with open(self.path / "metrics.jsonl") as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    def save_checkpoint(self, config: dict, extra: dict | None = None) -> None:
-        """The Pyro param store, ``extra`` tensors and the config, each written atomically."""
+    def save_checkpoint(self, config: dict, module: torch.nn.Module, extra: dict | None = None) -> None:
+        """The Pyro param store, the module's state dict, ``extra`` tensors and the config, each
+        file written atomically."""
         self.checkpoint_dir.mkdir(exist_ok=True)
-        state = {"params": pyro.get_param_store().get_state(), "extra": extra or {}}
+        state = {"param_store": pyro.get_param_store().get_state(), "module": module.state_dict(),
+                 "extra": extra or {}}
         atomic_write(self.checkpoint_dir / "params.pt", lambda p: torch.save(state, p))
         text = json.dumps(config, indent=2, default=_jsonable)
         atomic_write(self.checkpoint_dir / "config.json", lambda p: p.write_text(text + "\n"))
 
-    def load_checkpoint(self) -> tuple[dict, dict]:
-        """(config, extra) of the checkpoint; its parameters go into the Pyro param store."""
+    def checkpoint_config(self) -> dict:
+        return json.loads((self.checkpoint_dir / "config.json").read_text())
+
+    def load_checkpoint(self, module: torch.nn.Module) -> dict:
+        """Load the checkpoint's parameters into ``module`` and return its ``extra`` tensors.
+
+        The module's own parameters are authoritative, so the param store is emptied: Pyro
+        re-registers them on the next model or guide run, and no stale copy can shadow them.
+        """
         state = torch.load(self.checkpoint_dir / "params.pt", weights_only=False)
-        pyro.get_param_store().set_state(state["params"])
-        config = json.loads((self.checkpoint_dir / "config.json").read_text())
-        return config, state["extra"]
+        module.load_state_dict(state["module"])
+        pyro.clear_param_store()
+        return state["extra"]
 
 
 def _jsonable(value):

@@ -104,7 +104,7 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedData:
         a = torch.randn(K, d, generator=g)
         decoder.weight.copy_(c.reward_scale * a / a.norm(dim=-1, keepdim=True))
         decoder.bias.copy_(torch.randn(K, generator=g))
-    decoder.requires_grad_(False)
+    decoder.requires_grad_(False).eval()  # fixed truth, not a parameter to register
 
     # Prompts: a type, weights from the type's profile, and content that does not bear on reward.
     prompt_type = torch.randint(c.num_types, (c.num_prompts,), generator=g)

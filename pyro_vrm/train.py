@@ -29,7 +29,8 @@ from .runs import RunDir
 from .supervision import Standardizer, supervision_loss, supervision_target
 from .vrm import VRM
 
-__all__ = ["NonFiniteLoss", "VRMObjective", "make_elbo", "minibatches", "fit_vrm", "seed_everything"]
+__all__ = ["NonFiniteLoss", "VRMObjective", "make_elbo", "minibatches", "fit_vrm", "load_vrm",
+           "seed_everything"]
 
 DEFAULT_NUM_OBJECTIVES = 4  # UltraFeedback's aspects, when the data carries no scores
 
@@ -137,7 +138,8 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     objective = VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss)
     optim = ClippedAdam({"lr": cfg.lr, "lrd": cfg.lr_decay ** (1 / cfg.steps), "clip_norm": cfg.clip_norm})
     svi = SVI(vrm.model, vrm.guide, optim, loss=objective)
-    checkpoint_config = {"model": asdict(model_config), "train": asdict(cfg), "priors": repr(priors),
+    checkpoint_config = {"kind": "vrm", "model": asdict(model_config), "train": asdict(cfg),
+                         "priors": asdict(priors), "priors_repr": repr(priors),
                          "hidden_size": train.hidden_size, "num_objectives": num_objectives}
     extra = {} if standardizer is None else {"score_mean": standardizer.mean, "score_sd": standardizer.sd}
     num_pairs, last_good = len(train), None
@@ -148,7 +150,12 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     for step, index in enumerate(minibatches(num_pairs, cfg.batch_size, cfg.steps, cfg.seed), 1):
         batch = train.batch(index, targets)
         kwargs = {} if aspects is None else {"aspects": (aspects[0][index], aspects[1][index])}
-        loss = svi.step(batch, num_pairs=num_pairs, preferences=torch.ones(len(index)), **kwargs)
+        try:
+            loss = svi.step(batch, num_pairs=num_pairs, preferences=torch.ones(len(index)), **kwargs)
+        except ValueError:  # Pyro's validation meets a NaN parameter before the loss does
+            if _finite(vrm, batch):
+                raise
+            loss = float("nan")
         if not math.isfinite(loss):
             where = f"; the last good checkpoint (step {last_good}) is in {run.checkpoint_dir}" \
                 if run is not None and last_good else ""
@@ -159,8 +166,32 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
             if run is not None:
                 run.log_metrics(record)
         if run is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            run.save_checkpoint(checkpoint_config, extra)
+            run.save_checkpoint(checkpoint_config, vrm, extra)
             last_good = step
         bar.update()
     bar.close()
     return vrm, standardizer
+
+
+def _finite(vrm: VRM, batch: PairBatch) -> bool:
+    tensors = [*vrm.parameters(), batch.prompt_state, batch.chosen_state, batch.rejected_state]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def load_vrm(run: RunDir) -> tuple[VRM, Standardizer | None]:
+    """The VRM (and the aspect standardizer, if any) saved in ``run``'s checkpoint."""
+    config = run.checkpoint_config()
+    priors = Priors(**{k: tuple(map(_tuple, v)) if isinstance(v, list) else v
+                       for k, v in config["priors"].items()})
+    vrm = VRM(ModelConfig(**config["model"]), config["hidden_size"], config["num_objectives"], priors)
+    if vrm.has_global_latents:  # AutoNormal creates its parameters on its first run
+        empty = torch.zeros(1, config["hidden_size"])
+        with poutine.block():
+            vrm.guide(PairBatch(torch.arange(1), empty, empty, empty), num_pairs=1)
+    extra = run.load_checkpoint(vrm)
+    standardizer = Standardizer(extra["score_mean"], extra["score_sd"]) if "score_mean" in extra else None
+    return vrm, standardizer
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value

@@ -29,7 +29,7 @@ class VRM(nn.Module):
         super().__init__()
         self.config, self.priors = config, priors
         self.hidden_size, self.num_objectives = hidden_size, num_objectives
-        self.decoder = make_decoder(config.decoder, config.latent_dim, num_objectives, priors,
+        self.decoder = make_decoder(config.decoder, config.latent_dim, num_objectives,
                                     bayesian=config.bayesian_decoder)
         self.amortized_guide = AmortizedGuide(
             hidden_size, num_objectives, config.latent_dim, config.width, config.depth,

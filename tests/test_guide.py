@@ -1,0 +1,61 @@
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import kl_divergence
+
+from pyro_vrm.features import PairBatch
+from pyro_vrm.guide import AmortizedGuide, FeatureEncoder, WeightEncoder, mlp
+from pyro_vrm.model import SITES, Priors
+from pyro import poutine
+
+
+def monte_carlo_kl(q, p, n=200_000):
+    x = q.sample((n,))
+    log_ratio = q.log_prob(x) - p.log_prob(x)
+    return log_ratio.mean(0), log_ratio.std(0) / n**0.5
+
+
+def test_dirichlet_kl_closed_form_matches_monte_carlo():
+    q = dist.Dirichlet(torch.tensor([[2.0, 0.5, 3.0, 1.0], [0.7, 0.7, 5.0, 9.0]]))
+    p = Priors().objective_weights(torch.ones(4))
+    estimate, se = monte_carlo_kl(q, p)
+    assert torch.all((kl_divergence(q, p) - estimate).abs() < 5 * se + 1e-3)
+
+
+@pytest.mark.parametrize("priors", [Priors(), Priors(feature_loc=0.5, feature_scale=2.0),
+                                    Priors(feature_scale_tril=((1.0, 0.0, 0.0), (0.5, 1.0, 0.0), (0.0, 0.3, 0.7)))])
+def test_gaussian_kl_closed_form_matches_monte_carlo(priors):
+    q = dist.Normal(torch.tensor([[0.3, -1.0, 2.0]]), torch.tensor([[0.5, 1.5, 0.2]])).to_event(1)
+    p = priors.semantic_features(3, torch.zeros(()))
+    estimate, se = monte_carlo_kl(q, p)
+    assert torch.all((kl_divergence(q, p) - estimate).abs() < 5 * se + 1e-3)
+
+
+def test_encoders_start_where_asked_and_stay_positive():
+    h = torch.randn(32, 7)
+    concentration = WeightEncoder(7, 4, width=16, depth=2, init_concentration=2.0)(h)
+    assert concentration.shape == (32, 4) and torch.all(concentration > 0)
+    assert torch.allclose(concentration, torch.full_like(concentration, 2.0), atol=0.3)
+    loc, scale = FeatureEncoder(7, 3, width=16, depth=1, init_scale=0.5)(h, h)
+    assert loc.shape == scale.shape == (32, 3)
+    assert torch.allclose(scale, torch.full_like(scale, 0.5), atol=0.2) and torch.all(scale > 0)
+
+
+def test_guide_samples_shared_sites_with_responses_told_apart():
+    guide = AmortizedGuide(hidden_size=7, num_objectives=4, latent_dim=3, width=16)
+    g = torch.Generator().manual_seed(0)
+    batch = PairBatch(torch.arange(5), *(torch.randn(5, 7, generator=g) for _ in range(3)))
+    trace = poutine.trace(guide).get_trace(batch, num_pairs=50)
+    q_c, q_r = trace.nodes[SITES["chosen"]]["fn"], trace.nodes[SITES["rejected"]]["fn"]
+    assert trace.nodes[SITES["weights"]]["value"].shape == (5, 4)
+    assert not torch.allclose(q_c.mean, q_r.mean)  # different responses, different q(z)
+    # the same response through the pair's chosen slot or alone gives the same q(z)
+    alone = guide.feature_posterior(batch.prompt_state, batch.chosen_state)
+    assert torch.allclose(alone.mean, q_c.mean, atol=1e-6)
+    assert trace.nodes[SITES["plate"]]["fn"].size == 50
+
+
+def test_guide_rejects_bad_sizes_and_mlp_has_requested_depth():
+    with pytest.raises(ValueError, match="positive sizes"):
+        AmortizedGuide(hidden_size=0, num_objectives=4, latent_dim=3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in mlp(4, 8, 3, 2)) == 4
