@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import pyro
@@ -62,13 +63,20 @@ def setup(batch_size: int, seed: int = 0):
     return vrm, train.batch(index, target), len(train)
 
 
-def time_steps(step, repeats: int) -> float:
-    for _ in range(10):  # warm-up
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+def time_interleaved(steps: dict, repeats: int, rounds: int = 20) -> dict:
+    """Median seconds per step of each callable, timed in alternating rounds so that a change
+    in machine load hits both alike."""
+    for step in steps.values():  # warm-up
+        for _ in range(10):
+            step()
+    per_round = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(max(1, repeats // rounds)):
+                step()
+            per_round[name].append((time.perf_counter() - start) / max(1, repeats // rounds))
+    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 def main(argv=None) -> dict:
@@ -86,8 +94,6 @@ def main(argv=None) -> dict:
     objective = VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss)
     svi = SVI(vrm.model, vrm.guide, ClippedAdam({"lr": cfg.lr, "clip_norm": cfg.clip_norm}), loss=objective)
     svi.step(batch, num_pairs=num_pairs, preferences=ones)  # registers the parameters
-    pyro_s = time_steps(lambda: svi.step(batch, num_pairs=num_pairs, preferences=ones), args.repeats)
-
     optim = TorchClippedAdam(vrm.parameters(), lr=cfg.lr, clip_norm=cfg.clip_norm)
 
     def torch_step():
@@ -96,7 +102,10 @@ def main(argv=None) -> dict:
         loss.backward()
         optim.step()
 
-    torch_s = time_steps(torch_step, args.repeats)
+    seconds = time_interleaved(
+        {"pyro": lambda: svi.step(batch, num_pairs=num_pairs, preferences=ones), "torch": torch_step},
+        args.repeats)
+    pyro_s, torch_s = seconds["pyro"], seconds["torch"]
     result = {"benchmark": "svi_overhead", "batch_size": len(batch.index), "device": "cpu",
               "threads": torch.get_num_threads(), "validation": args.validation, "pyro_ms": round(1e3 * pyro_s, 3),
               "torch_ms": round(1e3 * torch_s, 3), "ratio": round(pyro_s / torch_s, 3)}
