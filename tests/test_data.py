@@ -1,0 +1,330 @@
+import csv
+import doctest
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import pytest
+
+import pyro_vrm.data
+from pyro_vrm.data import DataError, LoadReport, load_preferences
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HH_SAMPLE = SHARED_DATA / "hh-rlhf-harmless-base-test-even.jsonl.gz"
+
+PAIRS = [
+    {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+    {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Paris"},
+    {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."},
+]
+KEPT = [PAIRS[0], PAIRS[2]]
+
+
+@pytest.fixture(autouse=True)
+def private_hf_cache(tmp_path, monkeypatch):
+    """datasets writes its Arrow cache under the test's tmp_path, not the user's cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def write_jsonl(path, rows):
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def write_csv(path, rows):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def write_json(path, rows):
+    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return str(path)
+
+
+def write_parquet(path, rows):
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return str(path)
+
+
+WRITERS = {"jsonl": write_jsonl, "jsonl.gz": write_jsonl, "json": write_json, "parquet": write_parquet,
+           "csv": write_csv, "csv.gz": write_csv}
+
+
+@pytest.mark.parametrize("ext", list(WRITERS))
+def test_every_file_format_loads_the_same_pairs_and_drops_the_tie(tmp_path, ext):
+    path = WRITERS[ext](tmp_path / f"prefs.{ext}", PAIRS)
+    pairs, report = load_preferences(path)
+    assert pairs.column_names == ["prompt", "chosen", "rejected"]
+    assert pairs.to_list() == KEPT
+    assert (report.source, report.rows_read, report.pairs_kept, report.dropped) == (path, 3, 2, {"tie": 1})
+
+
+def test_scores_and_subset_come_through_as_floats(tmp_path):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "scores_chosen": [4, 5],
+             "scores_rejected": [1.5, 2], "subset": "chat", "chosen_model": "m1"}]
+    pairs, _ = load_preferences(write_jsonl(tmp_path / "p.jsonl", rows), num_aspects=2, score_range=(1, 5))
+    assert pairs.column_names == ["prompt", "chosen", "rejected", "scores_chosen", "scores_rejected", "subset"]
+    assert pairs[0]["scores_chosen"] == [4.0, 5.0] and pairs[0]["scores_rejected"] == [1.5, 2.0]
+    assert pairs[0]["subset"] == "chat"
+
+
+def test_csv_scores_are_json_arrays(tmp_path):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "scores_chosen": "[3, 4]",
+             "scores_rejected": "[1, 2]"}]
+    pairs, _ = load_preferences(write_csv(tmp_path / "p.csv", rows))
+    assert pairs[0]["scores_chosen"] == [3.0, 4.0] and pairs[0]["scores_rejected"] == [1.0, 2.0]
+
+
+def test_columns_maps_our_names_to_the_files(tmp_path):
+    rows = [{"question": "q", "good": "a", "bad": "b", "prompt": "an unrelated column"}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    pairs, _ = load_preferences(path, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert pairs.to_list() == [{"prompt": "q", "chosen": "a", "rejected": "b"}]
+    present = r"columns present: \['question', 'good', 'bad', 'prompt'\]"
+    with pytest.raises(DataError, match=rf"field 'answer': given for 'chosen' but missing; {present}"):
+        load_preferences(path, columns={"prompt": "question", "chosen": "answer", "rejected": "bad"})
+
+
+def test_errors_name_the_source_column_when_renamed(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": " ", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"row 0, field 'question': is empty"):
+        load_preferences(path, columns={"prompt": "question"})
+
+
+def test_hh_prompt_is_the_shared_dialogue_up_to_the_last_assistant_turn(tmp_path):
+    prefix = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant:"
+    rows = [
+        {"chosen": prefix + " Why did the chicken cross the road? ", "rejected": prefix + " No."},
+        {"chosen": "\n\nHuman: Rob a bank?\n\nAssistant:",
+         "rejected": "\n\nHuman: Rob a bank?\n\nAssistant: Sure."},
+        {"chosen": "\n\nHuman: Q\n\nAssistant: Same", "rejected": "\n\nHuman: Q\n\nAssistant:  Same "},
+    ]
+    pairs, report = load_preferences(write_jsonl(tmp_path / "hh.jsonl", rows))
+    assert pairs.to_list() == [
+        {"prompt": prefix, "chosen": "Why did the chicken cross the road?", "rejected": "No."},
+        {"prompt": "\n\nHuman: Rob a bank?\n\nAssistant:", "chosen": "", "rejected": "Sure."},
+    ]
+    assert report.dropped == {"tie": 1}
+
+
+def test_hh_responses_may_contain_later_turns(tmp_path):
+    prefix = "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant:"
+    rows = [{"chosen": prefix + " D\n\nHuman: E\n\nAssistant: F", "rejected": prefix + " G"}]
+    pairs, _ = load_preferences(write_jsonl(tmp_path / "hh.jsonl", rows), layout="hh")
+    assert pairs[0] == {"prompt": prefix, "chosen": "D\n\nHuman: E\n\nAssistant: F", "rejected": "G"}
+
+
+@pytest.mark.parametrize("chosen, rejected", [
+    ("\n\nHuman: A\n\nAssistant: x", "\n\nHuman: B\n\nAssistant: y"),
+    ("\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: x",
+     "\n\nHuman: A\n\nAssistant: B\n\nHuman: D\n\nAssistant: y"),
+])
+def test_hh_dialogues_that_do_not_share_the_prompt_are_an_error(tmp_path, chosen, rejected):
+    good = {"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: A\n\nAssistant: y"}
+    path = write_jsonl(tmp_path / "hh.jsonl", [good, {"chosen": chosen, "rejected": rejected}])
+    message = r"hh\.jsonl, row 1, field 'chosen': chosen and rejected do not share the dialogue"
+    with pytest.raises(DataError, match=message) as info:
+        load_preferences(path)
+    assert info.value.row == 1
+
+
+def test_hh_real_sample_loads_every_pair():
+    if not HH_SAMPLE.is_file():
+        pytest.skip(f"../shared/data is absent: {HH_SAMPLE} not found")
+    pairs, report = load_preferences(str(HH_SAMPLE))
+    assert (len(pairs), report.rows_read, report.dropped) == (1156, 1156, {})
+    assert pairs.column_names == ["prompt", "chosen", "rejected"]
+    assert all(prompt.strip() and prompt.endswith("Assistant:") for prompt in pairs["prompt"])
+    assert all(prompt.startswith("\n\nHuman:") for prompt in pairs["prompt"])
+
+
+def messages(user, reply):
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+
+
+def test_ufc_takes_the_final_assistant_message_and_ignores_overall_scores(tmp_path):
+    rows = [{"prompt": "Name a colour", "chosen": messages("Name a colour", "Blue"),
+             "rejected": messages("Name a colour", "Seven"), "score_chosen": 9.0, "score_rejected": 2.0}]
+    pairs, _ = load_preferences(write_jsonl(tmp_path / "ufc.jsonl", rows))
+    assert pairs.to_list() == [{"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven"}]
+    no_prompt = [{key: row[key] for key in ("chosen", "rejected")} for row in rows]
+    pairs, _ = load_preferences(write_jsonl(tmp_path / "ufc2.jsonl", no_prompt), layout="ufc")
+    assert pairs[0]["prompt"] == "Name a colour"
+
+
+def test_ufc_last_message_must_be_the_assistants(tmp_path):
+    rows = [{"prompt": "p", "chosen": messages("p", "a"), "rejected": messages("p", "b")[:1]}]
+    with pytest.raises(DataError, match=r"row 0, field 'rejected\[-1\]\.role'"):
+        load_preferences(write_jsonl(tmp_path / "ufc.jsonl", rows))
+
+
+def completion(response, *ratings):
+    aspects = pyro_vrm.data.ULTRAFEEDBACK_ASPECTS
+    annotations = {aspect: {"Rating": rating, "Rationale": "..."} for aspect, rating in zip(aspects, ratings)}
+    return {"response": response, "annotations": annotations}
+
+
+ULTRAFEEDBACK = [
+    {"instruction": "best vs worst", "completions": [
+        completion("mid", "3", "3", "3", "3"), completion("top", "5", "4", "5", "5"),
+        completion("low", "1", "2", "1", "1"), completion("low too", "2", "1", "1", "1")]},
+    {"instruction": "N/A excluded, ties to the lower index", "completions": [
+        completion("na", "N/A", "5", "5", "5"), completion("a", "4", "4", "4", "4"),
+        completion("b", "4", "4", "4", "4"), completion("c", "2", "2", "2", "2")]},
+    {"instruction": "one rated", "completions": [
+        completion("x", "5", "5", "5", "5"), completion("y", "N/A", "1", "1", "1"),
+        completion("z", "1", "1", "1")]},
+    {"instruction": "all equal", "completions": [
+        completion("u", "3", "3", "3", "3"), completion("v", "4", "2", "3", "3")]},
+]
+
+
+def test_ultrafeedback_pairs_best_against_worst(tmp_path):
+    pairs, report = load_preferences(write_jsonl(tmp_path / "uf.jsonl", ULTRAFEEDBACK), num_aspects=4)
+    assert pairs.to_list() == [
+        {"prompt": "best vs worst", "chosen": "top", "rejected": "low",
+         "scores_chosen": [5.0, 4.0, 5.0, 5.0], "scores_rejected": [1.0, 2.0, 1.0, 1.0]},
+        {"prompt": "N/A excluded, ties to the lower index", "chosen": "a", "rejected": "c",
+         "scores_chosen": [4.0] * 4, "scores_rejected": [2.0] * 4},
+    ]
+    assert report.rows_read == 4 and report.pairs_kept == 2
+    assert report.dropped == {"completion_with_na_rating": 3, "fewer_than_two_rated_completions": 1, "tie": 1}
+    assert "completion_with_na_rating=3" in str(report)
+
+
+@pytest.mark.parametrize("rating", ["7", "0", "good", "nan", ["4"]])
+def test_ultrafeedback_rating_outside_1_to_5_is_an_error(tmp_path, rating):
+    rows = ULTRAFEEDBACK[:1] + [{"instruction": "i", "completions": [
+        completion("a", "5", "5", "5", "5"), completion("b", "1", "1", rating, "1")]}]
+    with pytest.raises(DataError, match=r"row 1, field 'completions\[1\]\.annotations\.honesty\.Rating'"):
+        load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
+
+
+def test_ultrafeedback_has_four_aspects(tmp_path):
+    with pytest.raises(DataError, match=r"row 0, field 'scores_chosen': has 4 aspect scores, expected 3"):
+        load_preferences(write_jsonl(tmp_path / "uf.jsonl", ULTRAFEEDBACK), num_aspects=3)
+
+
+def scored(**fields):
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    return row | {"scores_chosen": [1.0, 2.0], "scores_rejected": [1.0, 1.0]} | fields
+
+
+BAD_ROWS = [  # (bad row, load_preferences kwargs, field named, what the message says)
+    pytest.param(scored(prompt=""), {}, "prompt", "is empty", id="empty prompt"),
+    pytest.param(scored(chosen=" \n\t"), {}, "chosen", "is empty", id="whitespace response"),
+    pytest.param(scored(rejected=3), {}, "rejected", "must be a string, got int", id="non-string response"),
+    pytest.param(scored(scores_chosen=[1.0, float("nan")]), {}, "scores_chosen", "aspect 1 is nan",
+                 id="NaN score"),
+    pytest.param(scored(scores_rejected=[float("-inf"), 1.0]), {}, "scores_rejected", "aspect 0 is -inf",
+                 id="infinite score"),
+    pytest.param(scored(scores_chosen=[1.0, 2.0, 3.0]), {}, "scores_chosen",
+                 r"has 3 .* expected 2 \(from row 0\)", id="aspects differ between rows"),
+    pytest.param(scored(scores_chosen=[1.0, 2.0, 3.0], scores_rejected=[1.0, 1.0, 1.0]), {"num_aspects": 2},
+                 "scores_chosen", r"has 3 .* expected 2 \(from num_aspects\)",
+                 id="aspects differ from num_aspects"),
+    pytest.param(scored(scores_rejected=[1.0]), {}, "scores_rejected", "has 1 aspect",
+                 id="chosen and rejected aspects differ"),
+    pytest.param(scored(scores_chosen=[1.0, 6.0]), {"score_range": (1, 5)}, "scores_chosen",
+                 r"aspect 1 is 6.0, outside the range \[1, 5\]", id="score outside score_range"),
+    pytest.param(scored(scores_chosen="high"), {}, "scores_chosen", "must be a list of numbers",
+                 id="score not a list"),
+]
+
+
+@pytest.mark.parametrize("bad, kwargs, field, what", BAD_ROWS)
+def test_an_invalid_row_is_an_error_naming_file_row_and_field(tmp_path, bad, kwargs, field, what):
+    path = write_jsonl(tmp_path / "bad.jsonl", [scored(), scored(), bad])
+    with pytest.raises(DataError, match=rf"bad\.jsonl, row 2, field '{field}': {what}") as info:
+        load_preferences(path, **kwargs)
+    assert (info.value.row, info.value.field) == (2, field)
+
+
+def test_scores_chosen_without_scores_rejected(tmp_path):
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "scores_chosen": [1.0]}
+    path = write_jsonl(tmp_path / "p.jsonl", [row])
+    with pytest.raises(DataError, match="'scores_rejected': scores_chosen is given without scores_rejected"):
+        load_preferences(path)
+
+
+def test_a_missing_required_column_is_named_with_the_columns_present(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a"}])
+    with pytest.raises(DataError, match=r"'rejected': required by layout 'pairs'.*\['prompt', 'chosen'\]"):
+        load_preferences(path, layout="pairs")
+    with pytest.raises(DataError, match=r"cannot tell the layout.*\['prompt', 'chosen'\]"):
+        load_preferences(path)
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz"])
+def test_a_malformed_json_line_is_named(tmp_path, name):
+    path = tmp_path / name
+    lines = [json.dumps(PAIRS[0]), json.dumps(PAIRS[1]), "", '{"prompt": "p", "chosen": ', json.dumps(PAIRS[2])]
+    text = "\n".join(lines) + "\n"
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    with pytest.raises(DataError, match=rf"{name}, row 2, line 4: malformed JSON line"):
+        load_preferences(str(path))
+
+
+def test_a_malformed_json_document_names_the_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n  {"prompt": "p", "chosen": "a", "rejected": "b"},\n  {"prompt": "p" "chosen": "a"}\n]')
+    with pytest.raises(DataError, match=r"bad\.json, line 3: malformed JSON"):
+        load_preferences(str(path))
+
+
+def test_hub_ids_go_to_load_dataset_and_missing_files_do_not(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_load_dataset(path, *args, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.Dataset.from_list(PAIRS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    pairs, report = load_preferences("allenai/reward-bench", split="filtered")
+    assert calls == [("allenai/reward-bench", {"split": "filtered"})]
+    assert pairs.to_list() == KEPT and report.source == "allenai/reward-bench"
+    with pytest.raises(DataError, match="missing.jsonl: no such file"):
+        load_preferences(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "notes.txt").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataError, match="notes.txt: unknown file type"):
+        load_preferences(str(tmp_path / "notes.txt"))
+    assert len(calls) == 1
+
+
+def test_the_report_is_logged(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    with caplog.at_level(logging.INFO, logger="pyro_vrm.data"):
+        load_preferences(path)
+    assert f"{path}: 3 rows read, 2 pairs kept, dropped tie=1" in caplog.messages
+
+
+def test_no_pairs_still_have_the_output_types(tmp_path):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "a", "scores_chosen": [1], "scores_rejected": [2]}]
+    pairs, report = load_preferences(write_jsonl(tmp_path / "ties.jsonl", rows))
+    assert len(pairs) == 0 and report.dropped == {"tie": 1}
+    assert pairs.features == datasets.Features({
+        **{name: datasets.Value("string") for name in ("prompt", "chosen", "rejected")},
+        **{name: datasets.Sequence(datasets.Value("float64")) for name in ("scores_chosen", "scores_rejected")}})
+
+
+def test_load_report_str():
+    assert str(LoadReport("x", 2, 2)) == "x: 2 rows read, 2 pairs kept, dropped nothing"
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(pyro_vrm.data)
+    assert result.attempted >= 3 and result.failed == 0
