@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pyro-vrm train
+	$(BIN)/pyro-vrm train --data simulated-text
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

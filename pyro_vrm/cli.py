@@ -1,4 +1,7 @@
-"""Command line: ``pyro-vrm train``. Flags are generated from the configuration dataclasses."""
+"""Command line: ``pyro-vrm train`` and ``pyro-vrm featurize``.
+
+Flags are generated from the configuration dataclasses, so each default lives in one place.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +11,85 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import ConfigError, ModelConfig, TrainConfig, add_arguments, from_arguments
+from .config import BackboneConfig, ConfigError, ModelConfig, TrainConfig, add_arguments, from_arguments
 from .simulate import SimulationConfig
 
 __all__ = ["main", "build_parser"]
 
-DATA_CHOICES = ("simulated",)
+DATA_HELP = ("'simulated' (hidden states drawn from the VRM model), 'simulated-text' (generated "
+             "preference text, see simulated_text.py), a local .jsonl/.json/.parquet/.csv[.gz] file, "
+             "or a hub id such as openbmb/UltraFeedback")
+
+
+def _data_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--data", default=default, help=f"preference data: {DATA_HELP}")
+    parser.add_argument("--split", default=None, help="split of a hub data set (default: train)")
+    parser.add_argument("--layout", default=None, choices=("pairs", "hh", "ufc", "ultrafeedback"),
+                        help="layout of a text source (default: detected from its columns)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="feature cache (default: $PYRO_VRM_CACHE/features or ~/.cache/pyro_vrm/features)")
+    add_arguments(parser, BackboneConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-vrm", description="Variational Reward Modeling on Pyro")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="fit VRM (or the Bradley-Terry baseline) and summarize it",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--data", default="simulated", choices=DATA_CHOICES,
-                       help="preference data: 'simulated' draws from the VRM model (see simulate.py)")
+
+    train = commands.add_parser("train", help="fit VRM (or the Bradley-Terry baseline) and summarize it")
+    _data_arguments(train, default="simulated")
     train.add_argument("--model", default="vrm", choices=("vrm", "rm"),
                        help="vrm: the variational reward model; rm: the Bradley-Terry baseline")
-    train.add_argument("--out", type=Path, default=None,
-                       help="run folder (default: a new folder under runs/)")
+    train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--test-fraction", type=float, default=0.2,
+                       help="share of prompts held out for testing, when the data has no split of its own")
+    train.add_argument("--sim-seed", type=int, default=SimulationConfig().seed,
+                       help="seed of the simulated data and of the train/test split (kept apart from --seed)")
     add_arguments(train, TrainConfig)
     add_arguments(train, ModelConfig)
-    train.add_argument("--sim-seed", type=int, default=SimulationConfig().seed,
-                       help="seed of the simulated data set (kept apart from --seed)")
+
+    featurize = commands.add_parser("featurize", help="compute (or find cached) hidden states of a data set")
+    _data_arguments(featurize, default="simulated-text")
     return parser
+
+
+def load_text_features(args: argparse.Namespace):
+    """(train, test, truth or None, load report text, featurize record) for a text source."""
+    from .backbone import Backbone
+    from .data import load_preferences
+    from .featurize import featurize
+    from .simulated_text import TextSimulationConfig, simulate_text
+
+    if args.data == "simulated-text":
+        pairs, report = simulate_text(TextSimulationConfig(seed=getattr(args, "sim_seed", 0))), None
+    else:
+        pairs, report = load_preferences(args.data, split=args.split, layout=args.layout)
+    cfg = from_arguments(BackboneConfig, args)
+    backbone = Backbone.from_pretrained(cfg.backbone, cfg.max_length, cfg.feature_batch_size)
+    result = featurize(pairs, backbone, args.cache_dir)
+    record = {"cache": str(result.path), "from_cache": result.from_cache, "pairs": len(pairs),
+              "hidden_size": result.features.hidden_size, "tokens": result.num_tokens,
+              "load_report": None if report is None else str(report)}
+    return pairs, result.features, record
+
+
+def split_text(pairs, features, test_fraction: float, seed: int):
+    """(train, test, truth): the data's own split column, or a split by prompt."""
+    import torch
+
+    from .features import split_by_prompt
+
+    if "split" in pairs.column_names:
+        is_test = torch.tensor([s == "test" for s in pairs["split"]])
+        index = {"train": (~is_test).nonzero().squeeze(-1), "test": is_test.nonzero().squeeze(-1)}
+    else:
+        index = split_by_prompt(features.prompt_id, test_fraction, seed)
+    truth = None
+    if "weights" in pairs.column_names:  # simulated text keeps its truth
+        columns = {"objective_weights": "weights", "chosen_reward": "reward_chosen",
+                   "rejected_reward": "reward_rejected"}
+        truth = {split: {k: torch.tensor(pairs[c])[i] for k, c in columns.items()} for split, i in index.items()}
+    return features.select(index["train"]), features.select(index["test"]), truth
 
 
 def train_command(args: argparse.Namespace) -> dict:
@@ -44,37 +101,64 @@ def train_command(args: argparse.Namespace) -> dict:
     from .train import fit_vrm
 
     model_config, train_config = from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
-    data = simulate(SimulationConfig(seed=args.sim_seed))
-    run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
-    run.write_json("config.json", {
-        "command": "train", "data": args.data, "model": args.model, "simulation": asdict(data.config),
-        "model_config": asdict(model_config), "train_config": asdict(train_config)})
-    if args.model == "vrm":
-        vrm, standardizer = fit_vrm(data.train, model_config, train_config, run=run, progress=not args.quiet)
-        summary = summarize_vrm(vrm, data.train, data.test, standardizer, data.truth,
-                                train_config.sup_temperature)
+    config = {"command": "train", "data": args.data, "model": args.model,
+              "model_config": asdict(model_config), "train_config": asdict(train_config)}
+    if args.data == "simulated":
+        data = simulate(SimulationConfig(seed=args.sim_seed))
+        train, test, truth = data.train, data.test, data.truth
+        config["simulation"] = asdict(data.config)
     else:
-        head = fit_reward_model(data.train, model_config, train_config, run=run, progress=not args.quiet)
-        summary = summarize_reward_model(head, data.train, data.test, data.truth)
-    summary["run_dir"] = str(run.path)
+        pairs, features, record = load_text_features(args)
+        train, test, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
+        config["backbone_config"] = asdict(from_arguments(BackboneConfig, args))
+        config["features"] = record
+    run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
+    run.write_json("config.json", config)
+    if args.model == "vrm":
+        vrm, standardizer = fit_vrm(train, model_config, train_config, run=run, progress=not args.quiet)
+        summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature)
+    else:
+        head = fit_reward_model(train, model_config, train_config, run=run, progress=not args.quiet)
+        summary = summarize_reward_model(head, train, test, truth)
+    summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
+                    "run_dir": str(run.path)})
     run.write_json("summary.json", summary)
     return summary
+
+
+def featurize_command(args: argparse.Namespace) -> dict:
+    if args.data == "simulated":
+        raise ConfigError("--data simulated has no text to featurize; use simulated-text or a file")
+    return load_text_features(args)[2]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+        from_arguments(BackboneConfig, args)
+        if args.command == "train":
+            from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+            if not 0 < args.test_fraction < 1:
+                raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     except ConfigError as err:
         parser.error(str(err))
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()  # library bars on stderr would bury our one-line errors
+    transformers.utils.logging.disable_progress_bar()
+    from .data import DataError
     from .train import NonFiniteLoss
     try:
-        summary = train_command(args)
+        result = train_command(args) if args.command == "train" else featurize_command(args)
+    except (DataError, ConfigError) as err:
+        print(f"pyro-vrm: error: {err}", file=sys.stderr)
+        return 2
     except NonFiniteLoss as err:
         print(f"pyro-vrm: training stopped: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(result, indent=2))
     return 0
 
 

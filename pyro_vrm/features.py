@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["PreferenceFeatures", "PairBatch"]
+__all__ = ["PreferenceFeatures", "PairBatch", "split_by_prompt"]
 
 
 class PairBatch(NamedTuple):
@@ -80,3 +80,17 @@ class PreferenceFeatures:
         """A :class:`PairBatch` of the pairs at ``index`` (``target`` is the full (N, K) table)."""
         return PairBatch(index, self.prompt_state[index], self.chosen_state[index],
                          self.rejected_state[index], None if target is None else target[index])
+
+
+def split_by_prompt(prompt_id: torch.Tensor, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """Row indices of a train and a test split, ``test_fraction`` of the prompts held out whole.
+
+    >>> split = split_by_prompt(torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), 0.25, seed=0)
+    >>> len(split["train"]), len(split["test"])
+    (6, 2)
+    """
+    prompts = prompt_id.unique()
+    g = torch.Generator().manual_seed(seed)
+    held_out = prompts[torch.randperm(len(prompts), generator=g)[: max(1, round(test_fraction * len(prompts)))]]
+    is_test = torch.isin(prompt_id, held_out)
+    return {"train": (~is_test).nonzero().squeeze(-1), "test": is_test.nonzero().squeeze(-1)}

@@ -40,3 +40,55 @@ def test_bad_arguments_give_one_clear_line(capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err.strip().splitlines()[-1]
     assert "Traceback" not in err
+
+
+def write_pairs(path, n=24):
+    import random
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        good, bad = rng.sample(["Sure, here is a careful answer.", "No.", "Let me explain step by step.",
+                                "I refuse to say.", "It is 42, as far as I know."], 2)
+        rows.append({"prompt": f"Question number {i // 2}?", "chosen": good, "rejected": bad,
+                     "scores_chosen": [4, 5, 3, 4], "scores_rejected": [2, 1, 3, 2]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+TEXT = ["--max-length", "32", "--steps", "10", "--batch-size", "8", "--width", "16", "--quiet",
+        "--log-every", "5"]
+
+
+def test_featurize_then_train_on_a_file_reuses_the_cached_features(tmp_path, capsys):
+    data, cache = write_pairs(tmp_path / "prefs.jsonl"), tmp_path / "cache"
+    assert main(["featurize", "--data", str(data), "--cache-dir", str(cache), "--max-length", "32"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["from_cache"] is False and first["pairs"] == 24 and first["hidden_size"] == 384
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--cache-dir", str(cache), "--out", str(out), *TEXT]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["features"]["from_cache"] is True and config["features"]["cache"] == first["cache"]
+    assert summary["train_pairs"] + summary["test_pairs"] == 24
+    assert "oracle_accuracy" not in summary and "pac_bayes_bound" in summary
+
+
+def test_simulated_text_summary_has_the_truth(tmp_path, capsys, monkeypatch):
+    from pyro_vrm import simulated_text
+    small = simulated_text.TextSimulationConfig(num_prompts=12)
+    monkeypatch.setattr(simulated_text, "TextSimulationConfig", lambda seed=0: small)
+    out = tmp_path / "run"
+    assert main(["train", "--data", "simulated-text", "--cache-dir", str(tmp_path), "--out", str(out), *TEXT]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"oracle_accuracy", "w_recovery", "target_w_corr"} <= set(summary)
+    assert summary["test_pairs"] == 6  # the data's own split: 3 of 12 prompts, 2 pairs each
+
+
+def test_bad_data_gives_one_line_naming_the_row(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello", "rejected": "Hey"}) + "\n"
+                   + json.dumps({"prompt": " ", "chosen": "Hello", "rejected": "Hey"}) + "\n")
+    assert main(["train", "--data", str(bad), "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.jsonl, row 1, field 'prompt'" in err[0]
+    assert main(["featurize", "--data", "simulated"]) == 2

@@ -1,0 +1,87 @@
+"""The feature cache: hidden states of a preference data set, computed once, stored with
+``datasets`` (Arrow on disk, fp16) and reused across SVI runs.
+
+The cache key covers everything the states depend on: the backbone (name, config, pooling,
+chat template), the data (a hash of every prompt and response), and the maximum length. A
+second call with the same key loads from disk and runs no forward pass; changing any part of the
+key computes afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+
+from .backbone import Backbone
+from .features import PreferenceFeatures
+
+__all__ = ["default_cache_dir", "data_fingerprint", "cache_key", "featurize", "Featurized"]
+
+STATE_COLUMNS = ("prompt_state", "chosen_state", "rejected_state")
+
+
+def default_cache_dir() -> Path:
+    """``$PYRO_VRM_CACHE/features``, by default ``~/.cache/pyro_vrm/features``."""
+    return Path(os.environ.get("PYRO_VRM_CACHE", Path.home() / ".cache" / "pyro_vrm")) / "features"
+
+
+def data_fingerprint(pairs: datasets.Dataset) -> str:
+    """A hash of every (prompt, chosen, rejected) triple, in order."""
+    h = hashlib.sha256()
+    for batch in pairs.select_columns(["prompt", "chosen", "rejected"]).iter(batch_size=4096):
+        for triple in zip(batch["prompt"], batch["chosen"], batch["rejected"]):
+            h.update(json.dumps(triple).encode())
+    return h.hexdigest()
+
+
+def cache_key(backbone: Backbone, pairs: datasets.Dataset) -> str:
+    parts = {"backbone": backbone.identity(), "data": data_fingerprint(pairs),
+             "max_length": backbone.max_length, "pooling": backbone.pooling, "format": 1}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class Featurized:
+    features: PreferenceFeatures
+    path: Path          # the cache entry
+    from_cache: bool    # True when loaded, False when computed
+    num_tokens: int     # tokens through the backbone when computed (0 when loaded)
+
+
+def featurize(pairs: datasets.Dataset, backbone: Backbone, cache_dir: Path | None = None) -> Featurized:
+    """Hidden states of ``pairs`` (columns prompt, chosen, rejected [, scores_*]) from the cache,
+    or computed by ``backbone`` and stored there."""
+    path = Path(cache_dir or default_cache_dir()) / cache_key(backbone, pairs)
+    if (path / "dataset_info.json").exists():
+        states = datasets.load_from_disk(str(path)).with_format("torch")[:]
+        return Featurized(_features(pairs, {c: states[c].float() for c in STATE_COLUMNS}), path, True, 0)
+    encoded = backbone.encode_pairs(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+    states = {c: getattr(encoded, c) for c in STATE_COLUMNS}
+    table = datasets.Dataset.from_dict(
+        {c: s.half().numpy() for c, s in states.items()},
+        features=datasets.Features({c: datasets.Sequence(datasets.Value("float16")) for c in STATE_COLUMNS}))
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    table.save_to_disk(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)  # atomic: a half-written entry is never taken for a hit
+    # What training sees is what a cache hit will give: the fp16-rounded states.
+    rounded = {c: s.half().float() for c, s in states.items()}
+    return Featurized(_features(pairs, rounded), path, False, encoded.num_tokens)
+
+
+def _features(pairs: datasets.Dataset, states: dict[str, torch.Tensor]) -> PreferenceFeatures:
+    prompt_index = {p: i for i, p in enumerate(dict.fromkeys(pairs["prompt"]))}
+    scores = {}
+    if "scores_chosen" in pairs.column_names:
+        scores = {"chosen_scores": torch.tensor(pairs["scores_chosen"], dtype=torch.float32),
+                  "rejected_scores": torch.tensor(pairs["scores_rejected"], dtype=torch.float32)}
+    return PreferenceFeatures(**states, prompt_id=torch.tensor([prompt_index[p] for p in pairs["prompt"]]),
+                              **scores)
