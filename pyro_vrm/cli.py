@@ -74,14 +74,17 @@ def load_text_features(args: argparse.Namespace):
 
 
 def split_text(pairs, features, test_fraction: float, seed: int):
-    """(train, test, truth): the data's own split column, or a split by prompt."""
+    """(splits, truth): the data's own ``split`` column (train, test and any other, such as
+    simulated-text's shifted split), or a split of the prompts into train and test."""
     import torch
 
     from .features import split_by_prompt
 
     if "split" in pairs.column_names:
-        is_test = torch.tensor([s == "test" for s in pairs["split"]])
-        index = {"train": (~is_test).nonzero().squeeze(-1), "test": is_test.nonzero().squeeze(-1)}
+        names = pairs["split"]
+        index = {name: torch.tensor([i for i, s in enumerate(names) if s == name]) for name in dict.fromkeys(names)}
+        if not {"train", "test"} <= set(index):
+            raise ConfigError(f"the data's split column needs 'train' and 'test' rows, found {sorted(index)}")
     else:
         index = split_by_prompt(features.prompt_id, test_fraction, seed)
     truth = None
@@ -89,7 +92,7 @@ def split_text(pairs, features, test_fraction: float, seed: int):
         columns = {"objective_weights": "weights", "chosen_reward": "reward_chosen",
                    "rejected_reward": "reward_rejected"}
         truth = {split: {k: torch.tensor(pairs[c])[i] for k, c in columns.items()} for split, i in index.items()}
-    return features.select(index["train"]), features.select(index["test"]), truth
+    return {name: features.select(i) for name, i in index.items()}, truth
 
 
 def train_command(args: argparse.Namespace) -> dict:
@@ -105,21 +108,23 @@ def train_command(args: argparse.Namespace) -> dict:
               "model_config": asdict(model_config), "train_config": asdict(train_config)}
     if args.data == "simulated":
         data = simulate(SimulationConfig(seed=args.sim_seed))
-        train, test, truth = data.train, data.test, data.truth
+        train, test, truth, extra = data.train, data.test, data.truth, {}
         config["simulation"] = asdict(data.config)
     else:
         pairs, features, record = load_text_features(args)
-        train, test, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
+        splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
+        train, test = splits.pop("train"), splits.pop("test")
+        extra = splits
         config["backbone_config"] = asdict(from_arguments(BackboneConfig, args))
         config["features"] = record
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
     run.write_json("config.json", config)
     if args.model == "vrm":
         vrm, standardizer = fit_vrm(train, model_config, train_config, run=run, progress=not args.quiet)
-        summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature)
+        summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
     else:
         head = fit_reward_model(train, model_config, train_config, run=run, progress=not args.quiet)
-        summary = summarize_reward_model(head, train, test, truth)
+        summary = summarize_reward_model(head, train, test, truth, extra)
     summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                     "run_dir": str(run.path)})
     run.write_json("summary.json", summary)

@@ -37,9 +37,11 @@ def full_data_elbo(vrm: VRM, features: PreferenceFeatures, num_particles: int = 
 
 def summarize_vrm(vrm: VRM, train: PreferenceFeatures, test: PreferenceFeatures,
                   standardizer: Standardizer | None = None, truth: dict | None = None,
-                  sup_temperature: float = 1.0, delta: float = 0.05) -> dict:
+                  sup_temperature: float = 1.0, extra: dict[str, PreferenceFeatures] | None = None,
+                  delta: float = 0.05) -> dict:
     """Accuracy, ELBO, PAC-Bayes bound and, with the simulator's ``truth``, the gap to the
-    oracle and the recovery of w (Pearson correlation of E_q[w] with the true w, test prompts)."""
+    oracle and the recovery of w (Pearson correlation of E_q[w] with the true w, test prompts).
+    Each table in ``extra`` adds ``{name}_accuracy``."""
     ev = {split: evaluate_pairs(vrm, f) for split, f in (("train", train), ("test", test))}
     kl_total = float(ev["train"]["kl"].sum())
     gibbs_error = float(ev["train"]["gibbs_error"].mean())
@@ -56,6 +58,9 @@ def summarize_vrm(vrm: VRM, train: PreferenceFeatures, test: PreferenceFeatures,
         "pac_bayes_delta": delta,
         "test_log_loss": float(-ev["test"]["prob_chosen"].clamp_min(1e-12).log().mean()),
     }
+    for name, features in (extra or {}).items():
+        ev_extra = evaluate_pairs(vrm, features)
+        summary[f"{name}_accuracy"] = pairwise_accuracy(ev_extra["mean_chosen"], ev_extra["mean_rejected"])
     if truth is not None:
         summary.update(_oracle(truth, summary["test_accuracy"]))
         w_true = truth["test"]["objective_weights"]
@@ -68,12 +73,14 @@ def summarize_vrm(vrm: VRM, train: PreferenceFeatures, test: PreferenceFeatures,
 
 @torch.no_grad()
 def summarize_reward_model(head: RewardHead, train: PreferenceFeatures, test: PreferenceFeatures,
-                           truth: dict | None = None) -> dict:
-    """Accuracy of the Bradley-Terry head and, with ``truth``, its gap to the oracle."""
+                           truth: dict | None = None, extra: dict[str, PreferenceFeatures] | None = None) -> dict:
+    """Accuracy of the Bradley-Terry head and, with ``truth``, its gap to the oracle; each table
+    in ``extra`` adds ``{name}_accuracy``."""
     def accuracy(f: PreferenceFeatures) -> float:
         return pairwise_accuracy(head(f.prompt_state, f.chosen_state), head(f.prompt_state, f.rejected_state))
 
     summary = {"model": "rm", "test_accuracy": accuracy(test), "train_accuracy": accuracy(train)}
+    summary.update({f"{name}_accuracy": accuracy(f) for name, f in (extra or {}).items()})
     if truth is not None:
         summary.update(_oracle(truth, summary["test_accuracy"]))
     return summary

@@ -22,7 +22,7 @@ from .features import PairBatch, PreferenceFeatures
 from .model import LinearDecoder
 from .vrm import VRM
 
-__all__ = ["reward_posterior", "pair_posterior", "kl_per_pair", "pac_bayes_bound",
+__all__ = ["reward_posterior", "pair_posterior", "kl_per_pair", "kl_estimate", "pac_bayes_bound",
            "pairwise_accuracy", "evaluate_pairs"]
 
 
@@ -92,10 +92,11 @@ def kl_per_pair(vrm: VRM, batch: PairBatch, num_samples: int = 64) -> torch.Tens
     p_z = priors.semantic_features(vrm.config.latent_dim, like)
     for state in (batch.chosen_state, batch.rejected_state):
         terms.append((guide.feature_posterior(batch.prompt_state, state), p_z))
-    return sum(_kl(q, p, num_samples) for q, p in terms)
+    return sum(kl_estimate(q, p, num_samples) for q, p in terms)
 
 
-def _kl(q, p, num_samples: int) -> torch.Tensor:
+def kl_estimate(q, p, num_samples: int) -> torch.Tensor:
+    """KL(q || p): closed form where torch has it, else a Monte Carlo estimate from q."""
     try:
         return kl_divergence(q, p)
     except NotImplementedError:

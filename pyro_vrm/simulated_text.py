@@ -13,9 +13,11 @@
 * **Preferences**: r = ``reward_scale`` * w . q, winner drawn by Bradley-Terry.
 * **Aspect scores** (UltraFeedback-style, 1..5): 3 + 1.5 q_k + N(0, 0.5^2), clipped.
 * **Planted spurious feature**: an opening filler phrase ("Great question! ...") that bears on no
-  objective. In the train split the winner carries it with probability 0.8 and the loser 0.2; in
-  the test split the other way round, so a reward model that learned the filler loses accuracy.
-* **Split** by prompt (``test_fraction`` of prompts in ``split == "test"``).
+  objective. In the train and test splits the winner carries it with probability 0.8 and the
+  loser 0.2; in the shifted split the other way round, so a reward model that learned the
+  filler loses accuracy there.
+* **Splits** by prompt: ``test_fraction`` of the prompts in ``test`` (same distribution as
+  train), as many again in ``shifted``, the rest in ``train``.
 
 Columns: prompt, chosen, rejected, scores_chosen, scores_rejected, subset (the family), split,
 weights (true w), reward_chosen, reward_rejected (true rewards), filler_chosen, filler_rejected.
@@ -98,7 +100,7 @@ class TextSimulationConfig:
     pairs_per_prompt: int = field(default=2, metadata={"help": "preference pairs per prompt"})
     reward_scale: float = field(default=3.0, metadata={"help": "r = reward_scale * w . q"})
     filler_rate: float = field(default=0.8, metadata={"help": "P(filler on the train winner)"})
-    test_fraction: float = field(default=0.25, metadata={"help": "share of prompts held out"})
+    test_fraction: float = field(default=0.2, metadata={"help": "share of prompts in test (and in shifted)"})
     seed: int = field(default=0, metadata={"help": "seed of the generator"})
 
 
@@ -133,7 +135,7 @@ def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> data
 
     >>> data = simulate_text(TextSimulationConfig(num_prompts=8))
     >>> len(data), sorted(set(data["split"]))
-    (16, ['test', 'train'])
+    (16, ['shifted', 'test', 'train'])
     """
     c = config
     most = len(FAMILIES) * min(len(OPENERS) * len(t) * len(topics) * len(CLOSERS)
@@ -142,7 +144,9 @@ def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> data
         raise ValueError(f"simulated-text makes between 1 and {most} distinct prompts, not {c.num_prompts}")
     g = torch.Generator().manual_seed(c.seed)
     families = list(FAMILIES)
-    test_prompts = set(torch.randperm(c.num_prompts, generator=g)[: max(1, round(c.test_fraction * c.num_prompts))].tolist())
+    held_out = torch.randperm(c.num_prompts, generator=g).tolist()
+    size = max(1, round(c.test_fraction * c.num_prompts))
+    split_of = {p: "test" for p in held_out[:size]} | {p: "shifted" for p in held_out[size:2 * size]}
     rows = {name: [] for name in ("prompt", "chosen", "rejected", "scores_chosen", "scores_rejected",
                                   "subset", "split", "weights", "reward_chosen", "reward_rejected",
                                   "filler_chosen", "filler_rejected")}
@@ -154,7 +158,7 @@ def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> data
     for p, w in enumerate(weights):
         family = families[p % len(families)]
         prompt = prompts[family].pop()
-        split = "test" if p in test_prompts else "train"
+        split = split_of.get(p, "train")
         for _ in range(c.pairs_per_prompt):
             quality = torch.randint(-1, 2, (2, len(ASPECTS)), generator=g).float()
             while torch.equal(quality[0], quality[1]):  # two responses of the same quality: redraw
@@ -162,7 +166,7 @@ def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> data
             reward = c.reward_scale * quality @ w
             first_wins = bool(torch.rand((), generator=g) < torch.sigmoid(reward[0] - reward[1]))
             win, lose = (0, 1) if first_wins else (1, 0)
-            rate = c.filler_rate if split == "train" else 1 - c.filler_rate
+            rate = 1 - c.filler_rate if split == "shifted" else c.filler_rate
             filler = [bool(torch.rand((), generator=g) < r) for r in (rate, 1 - rate)]
             scores = (3 + 1.5 * quality + 0.5 * torch.randn(quality.shape, generator=g)).clamp(1, 5)
             rows["prompt"].append(prompt)

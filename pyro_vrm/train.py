@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .config import ModelConfig, TrainConfig
 from .features import PairBatch, PreferenceFeatures
 from .model import SITES, Priors
-from .posterior import _kl, reward_posterior
+from .posterior import kl_estimate, reward_posterior
 from .runs import RunDir
 from .supervision import Standardizer, supervision_loss, supervision_target
 from .vrm import VRM
@@ -102,10 +102,10 @@ def step_metrics(vrm: VRM, objective: VRMObjective, batch: PairBatch) -> dict:
     particle_mean = lambda x: x.reshape(-1, len(batch.index)).mean(0)  # noqa: E731
     like = batch.prompt_state
     p_z = priors.semantic_features(vrm.config.latent_dim, like)
-    kl_z = sum(particle_mean(_kl(t[k], p_z, 1)).mean() for k in ("q_chosen", "q_rejected"))
+    kl_z = sum(particle_mean(kl_estimate(t[k], p_z, 1)).mean() for k in ("q_chosen", "q_rejected"))
     if priors.concentration_hyperprior is None:
         p_w = priors.objective_weights(priors.concentration_vector(vrm.num_objectives, like))
-        kl_w = particle_mean(_kl(t["q_w"], p_w, 1)).mean()
+        kl_w = particle_mean(kl_estimate(t["q_w"], p_w, 1)).mean()
     else:
         kl_w = torch.tensor(float("nan"))
     mean_c, _ = reward_posterior(vrm, batch.prompt_state, batch.chosen_state, num_samples=32)

@@ -80,8 +80,9 @@ def test_simulated_text_summary_has_the_truth(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["train", "--data", "simulated-text", "--cache-dir", str(tmp_path), "--out", str(out), *TEXT]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert {"oracle_accuracy", "w_recovery", "target_w_corr"} <= set(summary)
-    assert summary["test_pairs"] == 6  # the data's own split: 3 of 12 prompts, 2 pairs each
+    assert {"oracle_accuracy", "w_recovery", "target_w_corr", "shifted_accuracy"} <= set(summary)
+    assert summary["test_pairs"] == 4  # the data's own split: 2 of 12 prompts, 2 pairs each
+    assert summary["train_pairs"] == 16
 
 
 def test_bad_data_gives_one_line_naming_the_row(tmp_path, capsys):

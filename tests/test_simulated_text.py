@@ -20,7 +20,7 @@ def test_preferences_follow_the_true_rewards_and_the_filler_flips_between_splits
     data = simulate_text(TextSimulationConfig(num_prompts=600)).with_format("torch")[:]
     won = (data["reward_chosen"] > data["reward_rejected"]).float().mean()
     assert 0.7 < won < 0.9  # Bradley-Terry draws: the better response usually, not always, wins
-    for split, winner_rate in (("train", 0.8), ("test", 0.2)):
+    for split, winner_rate in (("train", 0.8), ("test", 0.8), ("shifted", 0.2)):
         rows = [i for i, s in enumerate(data["split"]) if s == split]
         filler_c, filler_r = data["filler_chosen"][rows].float().mean(), data["filler_rejected"][rows].float().mean()
         assert abs(filler_c - winner_rate) < 0.06 and abs(filler_r - (1 - winner_rate)) < 0.06
