@@ -7,6 +7,7 @@ optimizer, learning-rate schedule and step budget as VRM.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 import pyro
@@ -22,7 +23,7 @@ from .guide import mlp
 from .runs import RunDir
 from .train import NonFiniteLoss, minibatches, seed_everything
 
-__all__ = ["RewardHead", "fit_reward_model", "bradley_terry_loss"]
+__all__ = ["RewardHead", "fit_reward_model", "bradley_terry_loss", "load_reward_model"]
 
 
 class RewardHead(nn.Module):
@@ -43,8 +44,9 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
                      train_config: TrainConfig = TrainConfig(), run: RunDir | None = None,
-                     progress: bool = True) -> RewardHead:
-    """Fit the Bradley-Terry head to ``train``; write metrics and checkpoints to ``run``."""
+                     progress: bool = True, monitor: Callable[[RewardHead], dict] | None = None) -> RewardHead:
+    """Fit the Bradley-Terry head to ``train``; write metrics and checkpoints to ``run``.
+    ``monitor(head)`` adds its metrics to every logged record, as in :func:`fit_vrm`."""
     cfg = train_config
     seed_everything(cfg.seed)
     head = RewardHead(train.hidden_size, model_config.width, model_config.depth)
@@ -70,7 +72,8 @@ def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = Mode
             margin = (r_chosen - r_rejected).detach()
             record = {"step": step, "loss": loss.item(), "accuracy": float((margin > 0).float().mean()),
                       "margin": float(margin.mean()),
-                      "mean_reward": float(torch.cat([r_chosen, r_rejected]).detach().mean())}
+                      "mean_reward": float(torch.cat([r_chosen, r_rejected]).detach().mean()),
+                      **(monitor(head) if monitor else {})}
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
             if run is not None:
                 run.log_metrics(record)
@@ -78,4 +81,13 @@ def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = Mode
             run.save_checkpoint(checkpoint_config, head)
         bar.update()
     bar.close()
+    return head
+
+
+def load_reward_model(run: RunDir) -> RewardHead:
+    """The Bradley-Terry head saved in ``run``'s checkpoint."""
+    config = run.checkpoint_config()
+    model = ModelConfig(**config["model"])
+    head = RewardHead(config["hidden_size"], model.width, model.depth)
+    run.load_checkpoint(head)
     return head

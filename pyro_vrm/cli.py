@@ -50,12 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     featurize = commands.add_parser("featurize", help="compute (or find cached) hidden states of a data set")
     _data_arguments(featurize, default="simulated-text")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run: accuracy with a bootstrap interval, "
+                                   "calibration, per-subset and RewardBench scores, reward hacking")
+    evaluate.add_argument("run_dir", type=Path, help="a run folder written by pyro-vrm train")
+    evaluate.add_argument("--data", default=None, help=f"evaluate on this instead of the run's test split: {DATA_HELP}")
+    evaluate.add_argument("--split", default=None, help="split of a hub data set")
+    evaluate.add_argument("--layout", default=None, choices=("pairs", "hh", "ufc", "ultrafeedback"))
+    evaluate.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
     return parser
 
 
 def load_text_features(args: argparse.Namespace):
     """(train, test, truth or None, load report text, featurize record) for a text source."""
-    from .backbone import Backbone
     from .data import load_preferences
     from .featurize import featurize
     from .simulated_text import TextSimulationConfig, simulate_text
@@ -64,8 +71,7 @@ def load_text_features(args: argparse.Namespace):
         pairs, report = simulate_text(TextSimulationConfig(seed=getattr(args, "sim_seed", 0))), None
     else:
         pairs, report = load_preferences(args.data, split=args.split, layout=args.layout)
-    cfg = from_arguments(BackboneConfig, args)
-    backbone = Backbone.from_pretrained(cfg.backbone, cfg.max_length, cfg.feature_batch_size)
+    backbone = _backbone(asdict(from_arguments(BackboneConfig, args)))
     result = featurize(pairs, backbone, args.cache_dir)
     record = {"cache": str(result.path), "from_cache": result.from_cache, "pairs": len(pairs),
               "hidden_size": result.features.hidden_size, "tokens": result.num_tokens,
@@ -73,9 +79,9 @@ def load_text_features(args: argparse.Namespace):
     return pairs, result.features, record
 
 
-def split_text(pairs, features, test_fraction: float, seed: int):
-    """(splits, truth): the data's own ``split`` column (train, test and any other, such as
-    simulated-text's shifted split), or a split of the prompts into train and test."""
+def split_index(pairs, features, test_fraction: float, seed: int) -> dict:
+    """Row indices per split: the data's own ``split`` column (train, test and any other, such
+    as simulated-text's shifted split), or a split of the prompts into train and test."""
     import torch
 
     from .features import split_by_prompt
@@ -87,6 +93,14 @@ def split_text(pairs, features, test_fraction: float, seed: int):
             raise ConfigError(f"the data's split column needs 'train' and 'test' rows, found {sorted(index)}")
     else:
         index = split_by_prompt(features.prompt_id, test_fraction, seed)
+    return index
+
+
+def split_text(pairs, features, test_fraction: float, seed: int):
+    """(splits, truth) of :func:`split_index`, with the simulator's truth when it has one."""
+    import torch
+
+    index = split_index(pairs, features, test_fraction, seed)
     truth = None
     if "weights" in pairs.column_names:  # simulated text keeps its truth
         columns = {"objective_weights": "weights", "chosen_reward": "reward_chosen",
@@ -104,7 +118,8 @@ def train_command(args: argparse.Namespace) -> dict:
     from .train import fit_vrm
 
     model_config, train_config = from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
-    config = {"command": "train", "data": args.data, "model": args.model,
+    config = {"command": "train", "data": args.data, "model": args.model, "split": args.split,
+              "layout": args.layout, "sim_seed": args.sim_seed, "test_fraction": args.test_fraction,
               "model_config": asdict(model_config), "train_config": asdict(train_config)}
     if args.data == "simulated":
         data = simulate(SimulationConfig(seed=args.sim_seed))
@@ -131,6 +146,67 @@ def train_command(args: argparse.Namespace) -> dict:
     return summary
 
 
+def evaluate_command(args: argparse.Namespace) -> dict:
+    """Evaluate a run on its own test split(s) or on ``--data``; write eval.json and reliability.png."""
+    from .baseline import load_reward_model
+    from .evaluate import evaluate_predictions, hack_rate, predict
+    from .metrics import plot_reliability
+    from .runs import RunDir
+    from .simulate import simulate
+    from .train import load_vrm
+
+    import torch
+
+    run = RunDir(args.run_dir)
+    if not (run.path / "config.json").exists():
+        raise ConfigError(f"{run.path} is not a run folder (no config.json)")
+    config = run.read_json("config.json")
+    model = load_vrm(run)[0] if config["model"] == "vrm" else load_reward_model(run)
+    data = args.data or config["data"]
+    result = {"run_dir": str(run.path), "model": config["model"], "data": data, "splits": {}}
+    if data == "simulated":
+        tables = {"test": (simulate(SimulationConfig(**config["simulation"])).test, None)}
+    else:
+        source = argparse.Namespace(
+            data=data, split=args.split if args.data else config.get("split"),
+            layout=args.layout if args.data else config.get("layout"), cache_dir=args.cache_dir,
+            sim_seed=config.get("sim_seed", 0), **config["backbone_config"])
+        pairs, features, _ = load_text_features(source)
+        subsets = list(pairs["subset"]) if "subset" in pairs.column_names else None
+        if data == config["data"]:
+            index = split_index(pairs, features, config.get("test_fraction", 0.2), config.get("sim_seed", 0))
+            index.pop("train")
+        else:
+            index = {"test": torch.arange(len(pairs))}
+        tables = {name: (features.select(i), None if subsets is None else [subsets[j] for j in i.tolist()])
+                  for name, i in index.items()}
+        if data == "simulated-text":
+            from .featurize import featurize
+            from .simulated_text import FILLER
+
+            backbone = _backbone(config["backbone_config"])
+            test_pairs = pairs.select(index["test"].tolist())
+            result["reward_hacking"] = hack_rate(
+                model, test_pairs, lambda p: featurize(p, backbone, args.cache_dir).features, FILLER)
+    calibrations = {}
+    for name, (features, subsets) in tables.items():
+        result["splits"][name] = evaluate_predictions(predict(model, features), subsets)
+        calibrations[name] = result["splits"][name]["calibration"]
+    if (run.path / "summary.json").exists():
+        summary = run.read_json("summary.json")
+        result["pac_bayes_bound"] = summary.get("pac_bayes_bound")
+    plot_reliability(calibrations, run.path / "reliability.png", title=f"{config['model']}: P(chosen wins)")
+    run.write_json("eval.json", result)
+    return result
+
+
+def _backbone(backbone_config: dict):
+    from .backbone import Backbone
+
+    cfg = BackboneConfig(**backbone_config)
+    return Backbone.from_pretrained(cfg.backbone, cfg.max_length, cfg.feature_batch_size)
+
+
 def featurize_command(args: argparse.Namespace) -> dict:
     if args.data == "simulated":
         raise ConfigError("--data simulated has no text to featurize; use simulated-text or a file")
@@ -141,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from_arguments(BackboneConfig, args)
+        if args.command != "evaluate":
+            from_arguments(BackboneConfig, args)
         if args.command == "train":
             from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
             if not 0 < args.test_fraction < 1:
@@ -156,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .train import NonFiniteLoss
     try:
-        result = train_command(args) if args.command == "train" else featurize_command(args)
+        command = {"train": train_command, "featurize": featurize_command, "evaluate": evaluate_command}
+        result = command[args.command](args)
     except (DataError, ConfigError) as err:
         print(f"pyro-vrm: error: {err}", file=sys.stderr)
         return 2

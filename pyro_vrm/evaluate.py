@@ -1,6 +1,11 @@
-"""Summaries of a fit, for VRM and the Bradley-Terry baseline side by side."""
+"""Evaluation of a fit, for VRM and the Bradley-Terry baseline side by side: summaries after
+training, and the fuller evaluation of ``pyro-vrm evaluate`` (accuracy with a bootstrap interval,
+calibration, per-subset accuracy, RewardBench sections, the reward-hacking rate)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from pyro import poutine
@@ -11,9 +16,11 @@ from .posterior import evaluate_pairs, pac_bayes_bound, pairwise_accuracy
 from .supervision import Standardizer, supervision_target
 from .train import make_elbo
 from .config import TrainConfig
+from .metrics import REWARDBENCH_SECTIONS, accuracy_by_subset, bootstrap_accuracy, calibration, rewardbench_scores
 from .vrm import VRM
 
-__all__ = ["pearson", "full_data_elbo", "summarize_vrm", "summarize_reward_model"]
+__all__ = ["pearson", "full_data_elbo", "summarize_vrm", "summarize_reward_model", "Predictions",
+           "predict", "evaluate_predictions", "hack_rate"]
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -90,3 +97,53 @@ def _oracle(truth: dict, test_accuracy: float) -> dict:
     t = truth["test"]
     oracle = pairwise_accuracy(t["chosen_reward"], t["rejected_reward"])
     return {"oracle_accuracy": oracle, "gap_to_oracle": oracle - test_accuracy}
+
+
+@dataclass
+class Predictions:
+    """Per pair (N,): the (posterior-mean) rewards of both responses and P(chosen wins)."""
+
+    mean_chosen: torch.Tensor
+    mean_rejected: torch.Tensor
+    prob_chosen: torch.Tensor
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """1 where the chosen response gets the higher reward, 1/2 on ties."""
+        return (self.mean_chosen > self.mean_rejected).float() + 0.5 * (self.mean_chosen == self.mean_rejected).float()
+
+
+@torch.no_grad()
+def predict(model: VRM | RewardHead, features: PreferenceFeatures) -> Predictions:
+    """VRM: posterior-mean rewards and the posterior predictive; RM: rewards and sigmoid(r_c - r_r)."""
+    if isinstance(model, VRM):
+        ev = evaluate_pairs(model, features)
+        return Predictions(ev["mean_chosen"], ev["mean_rejected"], ev["prob_chosen"])
+    r_c, r_r = model(features.prompt_state, features.chosen_state), model(features.prompt_state, features.rejected_state)
+    return Predictions(r_c, r_r, torch.sigmoid(r_c - r_r))
+
+
+def evaluate_predictions(predictions: Predictions, subsets: list[str] | None = None) -> dict:
+    """Accuracy with a bootstrap 95% interval, calibration, and with ``subsets`` the accuracy per
+    subset and RewardBench's section scores."""
+    out = {"accuracy": bootstrap_accuracy(predictions.correct), "calibration": calibration(predictions.prob_chosen)}
+    if subsets is not None:
+        per_subset = accuracy_by_subset(predictions.correct, subsets)
+        out["subsets"] = per_subset
+        if set(per_subset) & {s for section in REWARDBENCH_SECTIONS.values() for s in section}:
+            out["rewardbench"] = rewardbench_scores({k: v["accuracy"] for k, v in per_subset.items()})
+    return out
+
+
+def hack_rate(model: VRM | RewardHead, pairs, featurize: Callable[..., PreferenceFeatures], filler: str) -> dict:
+    """Share of pairs whose predicted winner flips when ``filler`` opens the loser's response.
+
+    ``pairs`` is a ``datasets.Dataset`` with prompt, chosen, rejected (and filler_rejected, to
+    skip losers that already carry it); ``featurize`` maps such a data set to features.
+    """
+    if "filler_rejected" in pairs.column_names:
+        pairs = pairs.filter(lambda row: not row["filler_rejected"])
+    hacked = pairs.map(lambda row: {"rejected": f"{filler} {row['rejected']}"})
+    before, after = predict(model, featurize(pairs)), predict(model, featurize(hacked))
+    flipped = (before.mean_chosen > before.mean_rejected) != (after.mean_chosen > after.mean_rejected)
+    return {"hack_rate": flipped.float().mean().item(), "n": len(pairs)}

@@ -12,6 +12,7 @@ parameters of the same guide run that the ELBO used.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 
 import pyro
@@ -123,8 +124,12 @@ def step_metrics(vrm: VRM, objective: VRMObjective, batch: PairBatch) -> dict:
 
 def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
             train_config: TrainConfig = TrainConfig(), priors: Priors = Priors(),
-            run: RunDir | None = None, progress: bool = True) -> tuple[VRM, Standardizer | None]:
-    """Fit VRM to ``train`` with SVI; write metrics and checkpoints to ``run`` if given."""
+            run: RunDir | None = None, progress: bool = True,
+            monitor: Callable[[VRM], dict] | None = None) -> tuple[VRM, Standardizer | None]:
+    """Fit VRM to ``train`` with SVI; write metrics and checkpoints to ``run`` if given.
+
+    ``monitor(vrm)``, called at every logged step, adds its own metrics to the record (e.g. the
+    accuracy on held-out pairs, for learning curves)."""
     cfg = train_config
     seed_everything(cfg.seed)
     num_objectives = train.num_aspects or DEFAULT_NUM_OBJECTIVES
@@ -161,7 +166,7 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
                 if run is not None and last_good else ""
             raise NonFiniteLoss(f"loss is {loss} at step {step}{where}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            record = {"step": step, **step_metrics(vrm, objective, batch)}
+            record = {"step": step, **step_metrics(vrm, objective, batch), **(monitor(vrm) if monitor else {})}
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
             if run is not None:
                 run.log_metrics(record)

@@ -1,0 +1,122 @@
+"""Metrics of pairwise predictions: accuracy with a bootstrap interval, calibration, per-subset
+accuracy, and RewardBench's section scores. Plain functions of tensors; no model in here.
+
+Calibration of P(chosen wins) is measured on the symmetrized pairs: every pair counts once as
+(p, chosen won) and once as (1 - p, rejected won). Preference data only ever record the winner
+first, so without this every outcome would be 1 and any predictor that says "1" would look
+perfectly calibrated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["REWARDBENCH_SECTIONS", "bootstrap_accuracy", "calibration", "accuracy_by_subset",
+           "rewardbench_scores", "plot_reliability"]
+
+# RewardBench's section -> {subset: number of prompts}; math-prm is counted as 984 so that math
+# and code weigh equally in Reasoning.
+REWARDBENCH_SECTIONS = {
+    "Chat": {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95,
+             "mt-bench-easy": 28, "mt-bench-med": 40},
+    "Chat Hard": {"mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
+                  "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46},
+    "Safety": {"refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154,
+               "xstest-should-respond": 250, "donotanswer": 136},
+    "Reasoning": {"math-prm": 984, "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164,
+                  "hep-python": 164, "hep-rust": 164},
+}
+
+
+def bootstrap_accuracy(correct: torch.Tensor, num_resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> dict[str, float]:
+    """Accuracy of (N,) 0/1 outcomes with a percentile bootstrap interval.
+
+    >>> out = bootstrap_accuracy(torch.tensor([1.0, 1.0, 0.0, 1.0]))
+    >>> out["accuracy"], out["low"] <= out["accuracy"] <= out["high"]
+    (0.75, True)
+    """
+    correct = correct.float()
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(correct), (num_resamples, len(correct)), generator=g)
+    means = correct[draws].mean(-1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail])).tolist()
+    return {"accuracy": correct.mean().item(), "low": low, "high": high, "level": level, "n": len(correct)}
+
+
+def _symmetrize(prob_chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = prob_chosen.double().clamp(1e-12, 1 - 1e-12)
+    return torch.cat([p, 1 - p]), torch.cat([torch.ones_like(p), torch.zeros_like(p)])
+
+
+def calibration(prob_chosen: torch.Tensor, num_bins: int = 10) -> dict:
+    """Expected calibration error, Brier score and log loss of P(chosen wins) (N,), on the
+    symmetrized pairs, with the reliability table (equal-width bins).
+
+    >>> out = calibration(torch.full((8,), 0.5))  # a constant 1/2 is calibrated on pairs
+    >>> out["ece"], round(out["brier"], 4), round(out["log_loss"], 4)
+    (0.0, 0.25, 0.6931)
+    """
+    p, y = _symmetrize(prob_chosen)
+    edges = torch.linspace(0, 1, num_bins + 1, dtype=p.dtype)
+    which = torch.bucketize(p, edges[1:-1])
+    bins, ece = [], 0.0
+    for b in range(num_bins):
+        mask = which == b
+        if mask.any():
+            confidence, frequency = p[mask].mean().item(), y[mask].mean().item()
+            ece += mask.double().mean().item() * abs(confidence - frequency)
+            bins.append({"low": edges[b].item(), "high": edges[b + 1].item(), "count": int(mask.sum()),
+                         "confidence": confidence, "frequency": frequency})
+    return {"ece": ece, "brier": ((p - y) ** 2).mean().item(),
+            "log_loss": -(y * p.log() + (1 - y) * (1 - p).log()).mean().item(), "bins": bins}
+
+
+def accuracy_by_subset(correct: torch.Tensor, subsets: list[str]) -> dict[str, dict]:
+    """{subset: {"accuracy", "n"}} for (N,) 0/1 outcomes and N subset names."""
+    out = {}
+    for name in sorted(set(subsets)):
+        mask = torch.tensor([s == name for s in subsets])
+        out[name] = {"accuracy": correct.float()[mask].mean().item(), "n": int(mask.sum())}
+    return out
+
+
+def rewardbench_scores(subset_accuracy: dict[str, float]) -> dict:
+    """RewardBench's rule: each section is the prompt-count-weighted mean of its subsets'
+    accuracies; the total is the mean of the four sections. Sections with a subset missing are
+    reported as None, and so is the total, with the missing subsets listed.
+
+    >>> acc = {s: 1.0 for section in REWARDBENCH_SECTIONS.values() for s in section}
+    >>> rewardbench_scores(acc)["Total"]
+    1.0
+    """
+    scores, missing = {}, []
+    for section, counts in REWARDBENCH_SECTIONS.items():
+        absent = [s for s in counts if s not in subset_accuracy]
+        missing += absent
+        scores[section] = None if absent else (
+            sum(subset_accuracy[s] * n for s, n in counts.items()) / sum(counts.values()))
+    complete = all(v is not None for v in scores.values())
+    scores["Total"] = sum(scores.values()) / len(REWARDBENCH_SECTIONS) if complete else None
+    scores["missing_subsets"] = missing
+    return scores
+
+
+def plot_reliability(calibrations: dict[str, dict], path, title: str = "Reliability of P(chosen wins)") -> None:
+    """A reliability diagram of one or more :func:`calibration` results, to a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    for label, cal in calibrations.items():
+        ax.plot([b["confidence"] for b in cal["bins"]], [b["frequency"] for b in cal["bins"]],
+                marker="o", label=f"{label} (ECE {cal['ece']:.3f})")
+    ax.set(xlabel="predicted probability", ylabel="observed frequency", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

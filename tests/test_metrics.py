@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from pyro_vrm.metrics import (REWARDBENCH_SECTIONS, accuracy_by_subset, bootstrap_accuracy, calibration,
+                              plot_reliability, rewardbench_scores)
+
+
+def test_bootstrap_interval_covers_the_truth_and_narrows_with_n():
+    g = torch.Generator().manual_seed(0)
+    small = bootstrap_accuracy((torch.rand(100, generator=g) < 0.7).float())
+    large = bootstrap_accuracy((torch.rand(10_000, generator=g) < 0.7).float())
+    assert small["low"] < 0.7 < small["high"] and large["low"] < 0.7 < large["high"]
+    assert large["high"] - large["low"] < (small["high"] - small["low"]) / 5
+
+
+def test_a_perfectly_calibrated_predictor_has_near_zero_ece():
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(200_000, generator=g)
+    first_wins = torch.rand(200_000, generator=g) < p
+    prob_chosen = torch.where(first_wins, p, 1 - p)  # the data record the winner as "chosen"
+    out = calibration(prob_chosen)
+    assert out["ece"] < 0.01
+    assert out["brier"] == pytest.approx(1 / 6, abs=0.005)  # E[p(1 - p)] for p ~ U(0, 1)
+
+
+def test_constant_and_overconfident_predictors():
+    half = calibration(torch.full((100,), 0.5))
+    assert half["ece"] == 0 and half["brier"] == pytest.approx(0.25)
+    assert half["log_loss"] == pytest.approx(0.6931, abs=1e-4)
+    # always 0.9 for the chosen response while it wins only 60% of pairs: ECE = 0.9 - 0.6
+    wins = torch.tensor([True] * 60 + [False] * 40)
+    sure = calibration(torch.where(wins, 0.9, 0.1))
+    assert sure["ece"] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_rewardbench_sections_by_hand():
+    acc = {s: 0.5 for section in REWARDBENCH_SECTIONS.values() for s in section}
+    acc["alpacaeval-easy"] = 1.0          # Chat: (100 * 1 + 258 * 0.5) / 358
+    acc["math-prm"] = 0.0                 # Reasoning: (984 * 0 + 984 * 0.5) / 1968 = 0.25
+    scores = rewardbench_scores(acc)
+    chat = (100 * 1.0 + (95 + 95 + 28 + 40) * 0.5) / 358
+    assert scores["Chat"] == pytest.approx(chat)
+    assert scores["Reasoning"] == pytest.approx(0.25)
+    assert scores["Safety"] == pytest.approx(0.5) and scores["Chat Hard"] == pytest.approx(0.5)
+    assert scores["Total"] == pytest.approx((chat + 0.5 + 0.5 + 0.25) / 4)
+    del acc["hep-go"]
+    partial = rewardbench_scores(acc)
+    assert partial["Reasoning"] is None and partial["Total"] is None and partial["missing_subsets"] == ["hep-go"]
+
+
+def test_accuracy_by_subset_and_reliability_plot(tmp_path):
+    out = accuracy_by_subset(torch.tensor([1.0, 0.0, 1.0, 1.0]), ["a", "a", "b", "b"])
+    assert out == {"a": {"accuracy": 0.5, "n": 2}, "b": {"accuracy": 1.0, "n": 2}}
+    plot_reliability({"vrm": calibration(torch.rand(50))}, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000
