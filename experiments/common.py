@@ -1,0 +1,149 @@
+"""What the paper's experiment scripts share: data through the feature cache, learning curves of
+VRM and the Bradley-Terry RM on the same data, split, minibatches and seed, tables and plots.
+
+Every script runs with no arguments on the offline default (MiniLM features of simulated-text);
+``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
+../shared/data), ``--backbone`` any transformers model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import datasets
+import matplotlib
+import transformers
+
+matplotlib.use("Agg")
+datasets.disable_progress_bars()
+transformers.utils.logging.disable_progress_bar()
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_vrm.baseline import fit_reward_model  # noqa: E402
+from pyro_vrm.cli import load_text_features, split_text  # noqa: E402
+from pyro_vrm.config import ModelConfig, TrainConfig  # noqa: E402
+from pyro_vrm.evaluate import pearson, predict  # noqa: E402
+from pyro_vrm.posterior import reward_posterior  # noqa: E402
+from pyro_vrm.runs import RunDir  # noqa: E402
+from pyro_vrm.supervision import supervision_target  # noqa: E402
+from pyro_vrm.train import fit_vrm, supervision_setup  # noqa: E402
+from pyro_vrm.vrm import VRM  # noqa: E402
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test-even.jsonl.gz"
+
+
+def parser(description: str, steps: int = 1000, seeds: int = 1) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", default="simulated-text",
+                   help="simulated-text (default), hh (the HH-RLHF sample in ../shared/data), a file or a hub id")
+    p.add_argument("--backbone", default="minilm", help="minilm, a hub id or a local model folder")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--seeds", type=int, default=seeds, help="seeds 0 .. N-1")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default experiments/out/<script>)")
+    return p
+
+
+def load(args) -> dict:
+    """{"train", "test", maybe "shifted": PreferenceFeatures, "pairs": the text, "truth": ...}."""
+    data = str(HH) if args.data == "hh" else args.data
+    if args.data == "hh" and not HH.exists():
+        sys.exit(f"--data hh needs {HH}, which is absent")
+    source = argparse.Namespace(data=data, split=None, layout=None, cache_dir=args.cache_dir, sim_seed=0,
+                                backbone=args.backbone, max_length=args.max_length, feature_batch_size=32)
+    pairs, features, _ = load_text_features(source)
+    splits, truth = split_text(pairs, features, test_fraction=0.2, seed=0)
+    return {**splits, "pairs": pairs, "truth": truth}
+
+
+def curve(kind: str, data: dict, out: Path, seed: int = 0, steps: int = 1000, log_every: int = 50,
+          model_config: ModelConfig = ModelConfig(), **train_overrides) -> tuple[list[dict], object]:
+    """Fit VRM (``kind="vrm"``) or the RM; return its metrics per logged step, with the accuracy
+    on the test pairs (``eval_accuracy``) and, for VRM, how well E[w] tracks the aspect target on
+    them (``eval_target_corr``), and the fitted model."""
+    config = TrainConfig(steps=steps, seed=seed, log_every=log_every, checkpoint_every=steps, **train_overrides)
+    test = data["test"]
+    monitor = _monitor(test, data["train"], config)
+    run = RunDir(out)
+    if kind == "vrm":
+        model, _ = fit_vrm(data["train"], model_config, config, run=run, progress=False, monitor=monitor)
+    else:
+        model = fit_reward_model(data["train"], model_config, config, run=run, progress=False, monitor=monitor)
+    return run.read_metrics(), model
+
+
+def _monitor(test, train, config: TrainConfig):
+    standardizer, _ = supervision_setup(train, config)
+
+    def monitor(model) -> dict:
+        if isinstance(model, VRM):
+            with torch.no_grad():
+                r_c = reward_posterior(model, test.prompt_state, test.chosen_state)[0]
+                r_r = reward_posterior(model, test.prompt_state, test.rejected_state)[0]
+        else:
+            pred = predict(model, test)
+            r_c, r_r = pred.mean_chosen, pred.mean_rejected
+        record = {"eval_accuracy": float((r_c > r_r).float().mean())}
+        if standardizer is not None and isinstance(model, VRM):
+            with torch.no_grad():
+                mean_w = model.amortized_guide.weight_posterior(test.prompt_state).mean
+            target = supervision_target(standardizer(test.chosen_scores), config.sup_temperature)
+            record["eval_target_corr"] = pearson(mean_w, target)
+        return record
+
+    return monitor
+
+
+def final(records: list[dict], key: str) -> float:
+    return records[-1][key]
+
+
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def plot_curves(groups: dict[str, list[list[dict]]], keys: list[str], path: Path, title: str) -> None:
+    """One panel per metric key; per group the mean over seeds, with the min-max band."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, runs in groups.items():
+            if key not in runs[0][0]:
+                continue
+            steps = [r["step"] for r in runs[0]]
+            values = torch.tensor([[r[key] for r in run] for run in runs])
+            ax.plot(steps, values.mean(0), label=label)
+            if len(runs) > 1:
+                ax.fill_between(steps, values.min(0).values, values.max(0).values, alpha=0.2)
+        ax.set(xlabel="step", title=key)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def output_dir(args, script: str) -> Path:
+    out = args.out or Path("experiments/out") / script
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_results(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
