@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_text_features(args: argparse.Namespace):
-    """(train, test, truth or None, load report text, featurize record) for a text source."""
+    """(pairs, features, record) for a text source: the validated pairs (a datasets.Dataset),
+    their hidden states through the feature cache, and what the load and the cache did."""
     from .data import load_preferences
     from .featurize import featurize
     from .simulated_text import TextSimulationConfig, simulate_text
