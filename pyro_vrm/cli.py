@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vrm train`` and ``pyro-vrm featurize``.
+"""Command line: ``pyro-vrm train``, ``featurize``, ``evaluate`` and ``diagnose``.
 
 Flags are generated from the configuration dataclasses, so each default lives in one place.
 """
@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="split of a hub data set")
     evaluate.add_argument("--layout", default=None, choices=("pairs", "hh", "ufc", "ultrafeedback"))
     evaluate.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
+
+    diagnose = commands.add_parser("diagnose", help="ArviZ diagnostics of a VRM run on simulated data: "
+                                   "InferenceData, PSIS k-hat, a NUTS reference, plots")
+    diagnose.add_argument("run_dir", type=Path, help="a run folder written by pyro-vrm train --data simulated")
+    diagnose.add_argument("--num-samples", type=int, default=None,
+                          help="draws from the guide per pair (default: that of pyro_vrm.diagnostics.diagnose)")
+    diagnose.add_argument("--nuts-pairs", type=int, default=None,
+                          help="test pairs sampled by NUTS (default: that of pyro_vrm.diagnostics.diagnose)")
     return parser
 
 
@@ -208,6 +216,22 @@ def _backbone(backbone_config: dict):
     return Backbone.from_pretrained(cfg.backbone, cfg.max_length, cfg.feature_batch_size)
 
 
+def diagnose_command(args: argparse.Namespace) -> dict:
+    """Run pyro_vrm.diagnostics.diagnose on a run folder; it writes diagnostics.json, .nc and .png files."""
+    from .diagnostics import UnsupportedRun, diagnose
+
+    if not (args.run_dir / "config.json").exists():
+        raise ConfigError(f"{args.run_dir} is not a run folder (no config.json)")
+    given = {name: getattr(args, name) for name in ("num_samples", "nuts_pairs") if getattr(args, name) is not None}
+    for name, value in given.items():
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    try:
+        return diagnose(args.run_dir, **given)
+    except UnsupportedRun as err:
+        raise ConfigError(str(err)) from err
+
+
 def featurize_command(args: argparse.Namespace) -> dict:
     if args.data == "simulated":
         raise ConfigError("--data simulated has no text to featurize; use simulated-text or a file")
@@ -218,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command != "evaluate":
+        if args.command not in ("evaluate", "diagnose"):
             from_arguments(BackboneConfig, args)
         if args.command == "train":
             from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
@@ -234,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .train import NonFiniteLoss
     try:
-        command = {"train": train_command, "featurize": featurize_command, "evaluate": evaluate_command}
+        command = {"train": train_command, "featurize": featurize_command, "evaluate": evaluate_command,
+                   "diagnose": diagnose_command}
         result = command[args.command](args)
     except (DataError, ConfigError) as err:
         print(f"pyro-vrm: error: {err}", file=sys.stderr)

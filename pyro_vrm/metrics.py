@@ -105,12 +105,10 @@ def rewardbench_scores(subset_accuracy: dict[str, float]) -> dict:
 
 def plot_reliability(calibrations: dict[str, dict], path, title: str = "Reliability of P(chosen wins)") -> None:
     """A reliability diagram of one or more :func:`calibration` results, to a PNG at ``path``."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
     for label, cal in calibrations.items():
         ax.plot([b["confidence"] for b in cal["bins"]], [b["frequency"] for b in cal["bins"]],
@@ -119,4 +117,3 @@ def plot_reliability(calibrations: dict[str, dict], path, title: str = "Reliabil
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

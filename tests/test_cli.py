@@ -93,3 +93,21 @@ def test_bad_data_gives_one_line_naming_the_row(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.jsonl, row 1, field 'prompt'" in err[0]
     assert main(["featurize", "--data", "simulated"]) == 2
+
+
+def test_diagnose_passes_its_flags_and_prints_the_json(tmp_path, capsys, monkeypatch):
+    import pyro_vrm.diagnostics as diagnostics
+    calls = []
+    monkeypatch.setattr(diagnostics, "diagnose",
+                        lambda run_dir, **kw: calls.append((run_dir, kw)) or {"nuts_coverage_w": 1.0})
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["diagnose", str(tmp_path), "--nuts-pairs", "7"]) == 0
+    assert calls == [(tmp_path, {"nuts_pairs": 7})]
+    assert json.loads(capsys.readouterr().out) == {"nuts_coverage_w": 1.0}
+
+
+def test_diagnose_refuses_a_run_on_other_data_in_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"data": "prefs.jsonl", "model": "vrm"}))
+    assert main(["diagnose", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data simulated only" in err[0]
