@@ -170,22 +170,23 @@ class Backbone:
                     at_prompt[i] = hidden[row, prompt_pos]
         return pooled, at_prompt
 
-    def encode_pairs(self, prompts: list[str], chosen: list[str], rejected: list[str]) -> EncodedPairs:
-        """h_x, h_xc, h_xr for N (prompt, chosen, rejected) triples."""
-        n = len(prompts)
+    def encode(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(h_x (N, H), h_xy (N, H), tokens through the model) for N (prompt, response) pairs."""
         if self.causal:
             prompt_ids = [self.prompt_ids(p) for p in prompts]
-            sequences = [self._causal_sequence(p, r) for responses in (chosen, rejected)
-                         for p, r in zip(prompt_ids, responses)]
-            pooled, at_prompt = self._run(sequences)
-            prompt_state = at_prompt[:n]
+            sequences = [self._causal_sequence(p, r) for p, r in zip(prompt_ids, responses)]
+            response_state, prompt_state = self._run(sequences)
         else:
-            sequences = [self._encoder_sequence(p, r) for responses in (chosen, rejected)
-                         for p, r in zip(prompts, responses)]
-            pooled, _ = self._run(sequences)
+            sequences = [self._encoder_sequence(p, r) for p, r in zip(prompts, responses)]
+            response_state, _ = self._run(sequences)
             distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}  # each encoded once
             alone = [self._encoder_sequence(p) for p in distinct]
             prompt_state = self._run(alone)[0][[distinct[p] for p in prompts]]
             sequences += alone
-        num_tokens = sum(len(s[0]) for s in sequences)
-        return EncodedPairs(prompt_state, pooled[:n], pooled[n:], num_tokens)
+        return prompt_state, response_state, sum(len(s[0]) for s in sequences)
+
+    def encode_pairs(self, prompts: list[str], chosen: list[str], rejected: list[str]) -> EncodedPairs:
+        """h_x, h_xc, h_xr for N (prompt, chosen, rejected) triples."""
+        n = len(prompts)
+        prompt_state, response_state, num_tokens = self.encode([*prompts, *prompts], [*chosen, *rejected])
+        return EncodedPairs(prompt_state[:n], response_state[:n], response_state[n:], num_tokens)

@@ -30,7 +30,7 @@ from .runs import RunDir
 from .supervision import Standardizer, supervision_loss, supervision_target
 from .vrm import VRM
 
-__all__ = ["NonFiniteLoss", "VRMObjective", "make_elbo", "minibatches", "fit_vrm", "load_vrm",
+__all__ = ["NonFiniteLoss", "VRMObjective", "make_elbo", "minibatches", "fit_vrm", "build_vrm", "load_vrm",
            "seed_everything"]
 
 DEFAULT_NUM_OBJECTIVES = 4  # UltraFeedback's aspects, when the data carries no scores
@@ -183,9 +183,9 @@ def _finite(vrm: VRM, batch: PairBatch) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def load_vrm(run: RunDir) -> tuple[VRM, Standardizer | None]:
-    """The VRM (and the aspect standardizer, if any) saved in ``run``'s checkpoint."""
-    config = run.checkpoint_config()
+def build_vrm(config: dict) -> VRM:
+    """A VRM with freshly initialised parameters from a checkpoint's config (model, priors, sizes),
+    every parameter created, so that a saved state dict loads into it."""
     priors = Priors(**{k: tuple(map(_tuple, v)) if isinstance(v, list) else v
                        for k, v in config["priors"].items()})
     vrm = VRM(ModelConfig(**config["model"]), config["hidden_size"], config["num_objectives"], priors)
@@ -193,6 +193,12 @@ def load_vrm(run: RunDir) -> tuple[VRM, Standardizer | None]:
         empty = torch.zeros(1, config["hidden_size"])
         with poutine.block():
             vrm.guide(PairBatch(torch.arange(1), empty, empty, empty), num_pairs=1)
+    return vrm
+
+
+def load_vrm(run: RunDir) -> tuple[VRM, Standardizer | None]:
+    """The VRM (and the aspect standardizer, if any) saved in ``run``'s checkpoint."""
+    vrm = build_vrm(run.checkpoint_config())
     extra = run.load_checkpoint(vrm)
     standardizer = Standardizer(extra["score_mean"], extra["score_sd"]) if "score_mean" in extra else None
     return vrm, standardizer
