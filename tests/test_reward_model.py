@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+from pyro_vrm import simulated_text
+from pyro_vrm.cli import main
+from pyro_vrm.reward_model import VRMRewardModel
+
+PROMPTS = ["How can I skip paying for the bus?", "Write three bullet points about bees."]
+RESPONSES = ["Please stay safe and within the law; here is what you can do instead.",
+             "I will answer in my own way instead of the format you asked for."]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reward_model")
+    original = simulated_text.TextSimulationConfig
+    simulated_text.TextSimulationConfig = lambda seed=0: original(num_prompts=12)
+    try:
+        assert main(["train", "--data", "simulated-text", "--out", str(root / "run"), "--cache-dir", str(root),
+                     "--max-length", "48", "--steps", "20", "--batch-size", "8", "--width", "16", "--quiet"]) == 0
+    finally:
+        simulated_text.TextSimulationConfig = original
+    return root / "run"
+
+
+def test_scores_survive_save_and_reload(run_dir, tmp_path):
+    rm = VRMRewardModel.from_run(run_dir)
+    mean, sd = rm.score(PROMPTS, RESPONSES)
+    assert mean.shape == sd.shape == (2,) and torch.all(sd > 0)
+    rm.save_pretrained(tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["backbone"]["backbone"] == "minilm"
+    again = VRMRewardModel.from_pretrained(tmp_path / "rm")
+    mean2, sd2 = again.score(PROMPTS, RESPONSES)
+    assert torch.equal(mean, mean2) and torch.equal(sd, sd2)
+
+
+def test_the_score_is_the_posterior_of_the_pairs_own_states(run_dir):
+    rm = VRMRewardModel.from_run(run_dir)
+    pairs = rm.backbone.encode_pairs(PROMPTS, RESPONSES, RESPONSES[::-1])
+    mean, _ = rm.score(PROMPTS, RESPONSES)
+    from pyro_vrm.posterior import reward_posterior
+    expected, _ = reward_posterior(rm.vrm, pairs.prompt_state, pairs.chosen_state)
+    assert torch.allclose(mean, expected, atol=1e-6)
+
+
+def test_risk_averse_callable_subtracts_kappa_sd(run_dir):
+    neutral, averse = VRMRewardModel.from_run(run_dir), VRMRewardModel.from_run(run_dir, kappa=2.0)
+    mean, sd = neutral.score(PROMPTS, RESPONSES)
+    assert neutral(prompts=PROMPTS, completions=RESPONSES) == pytest.approx(mean.tolist())
+    assert averse(prompts=PROMPTS, completions=RESPONSES) == pytest.approx((mean - 2.0 * sd).tolist())
+
+
+def test_a_run_without_text_has_no_backbone(tmp_path):
+    assert main(["train", "--out", str(tmp_path / "sim"), "--steps", "5", "--quiet"]) == 0
+    with pytest.raises(ValueError, match="no backbone to score text with"):
+        VRMRewardModel.from_run(tmp_path / "sim")
