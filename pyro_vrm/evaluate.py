@@ -34,11 +34,9 @@ def full_data_elbo(vrm: VRM, features: PreferenceFeatures, num_particles: int = 
     """ELBO per pair over all of ``features`` (Monte Carlo with ``num_particles`` draws)."""
     elbo = make_elbo(TrainConfig(num_particles=num_particles))
     total = 0.0
-    for start in range(0, len(features), chunk_size):
-        index = torch.arange(start, min(start + chunk_size, len(features)))
-        batch = features.batch(index)._replace(index=torch.arange(len(index)))
+    for batch in features.chunks(chunk_size):
         with poutine.block():  # no param-store side effects
-            total -= elbo.loss(vrm.model, vrm.guide, batch, preferences=torch.ones(len(index)))
+            total -= elbo.loss(vrm.model, vrm.guide, batch, preferences=torch.ones(len(batch.index)))
     return total / len(features)
 
 

@@ -76,6 +76,18 @@ class PreferenceFeatures:
             for f in fields(self)
         })
 
+    def chunks(self, size: int):
+        """The table in consecutive batches of at most ``size`` pairs, each a data set of its own
+        (its ``index`` runs 0..B-1), for evaluation outside a training plate.
+
+        >>> f = PreferenceFeatures(torch.zeros(5, 2), torch.zeros(5, 2), torch.ones(5, 2))
+        >>> [b.index.tolist() for b in f.chunks(3)]
+        [[0, 1, 2], [0, 1]]
+        """
+        for start in range(0, len(self), size):
+            index = torch.arange(start, min(start + size, len(self)))
+            yield self.batch(index)._replace(index=torch.arange(len(index)))
+
     def batch(self, index: torch.Tensor, target: torch.Tensor | None = None) -> PairBatch:
         """A :class:`PairBatch` of the pairs at ``index`` (``target`` is the full (N, K) table)."""
         return PairBatch(index, self.prompt_state[index], self.chosen_state[index],

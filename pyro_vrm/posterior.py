@@ -123,10 +123,7 @@ def evaluate_pairs(vrm: VRM, features: PreferenceFeatures, chunk_size: int = 102
                    num_samples: int = 256) -> dict[str, torch.Tensor]:
     """:func:`pair_posterior` and :func:`kl_per_pair` over a whole table, in chunks; (N,) each."""
     parts = []
-    for start in range(0, len(features), chunk_size):
-        index = torch.arange(start, min(start + chunk_size, len(features)))
-        batch = features.batch(index)
-        batch = batch._replace(index=torch.arange(len(index)))
+    for batch in features.chunks(chunk_size):
         out = pair_posterior(vrm, batch, num_samples)
         out["kl"] = kl_per_pair(vrm, batch)
         out["weight_mean"] = vrm.amortized_guide.weight_posterior(batch.prompt_state).mean
