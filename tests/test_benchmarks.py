@@ -33,3 +33,17 @@ def test_hand_written_torch_loss_equals_the_pyro_loss():
         pyro_grads = torch.autograd.grad(pyro_loss, list(vrm.parameters()))
         torch_grads = torch.autograd.grad(torch_loss, list(vrm.parameters()))
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(pyro_grads, torch_grads))
+
+
+def test_lora_step_and_frozen_step_time_the_same_loss_while_the_adapters_are_zero():
+    bench = load("lora_step")
+    torch.set_num_threads(1)
+    vrm, text, frozen, target, _ = bench.setup("tiny", num_pairs=4, max_length=48)
+    index = torch.tensor([2, 0, 3])
+    pyro.set_rng_seed(7)
+    lora_loss = bench.vrm_loss(vrm, text, index, target)
+    pyro.set_rng_seed(7)
+    frozen_loss = bench.vrm_loss(vrm, frozen, index, target)
+    assert torch.allclose(lora_loss, frozen_loss, rtol=1e-5)
+    lora_b = [p for name, p in text.backbone.model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(g.abs().sum() > 0 for g in torch.autograd.grad(lora_loss, lora_b))  # reaches the adapters
