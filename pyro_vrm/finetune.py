@@ -70,7 +70,7 @@ def add_lora(backbone: Backbone, rank: int = 8, alpha: float = 16.0, dropout: fl
     if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
         raise ValueError(f"LoRA needs rank >= 1, alpha > 0 and dropout in [0, 1); got rank={rank}, "
                          f"alpha={alpha}, dropout={dropout}")
-    if backbone.device.type == "cuda" and model.dtype == torch.float32:
+    if backbone.device.type == "cuda" and model.dtype == torch.float32 and torch.cuda.is_bf16_supported():
         model.to(torch.bfloat16)
     if gradient_checkpointing:
         # Non-reentrant checkpointing passes gradients to the adapters inside a checkpointed layer

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, CamembertConfig, GraniteConfig, Qwen3Config
 
 from pyro_vrm.backbone import Backbone, resolve_backbone
+from pyro_vrm.baseline import RewardHead, bradley_terry_loss
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.features import PreferenceFeatures
 from pyro_vrm.finetune import (TextPairs, adapter_state_dict, add_lora, default_target_modules, load_adapter,
@@ -102,6 +103,35 @@ def test_vrm_steps_move_every_adapter_and_leave_every_base_weight_bit_identical(
     after = base_weights(backbone)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert not any(p.requires_grad for name, p in backbone.model.named_parameters() if "lora_" not in name)
+
+
+def test_bradley_terry_steps_train_the_adapters_with_the_reward_head(make_backbone, pairs):
+    backbone = add_lora(make_backbone("tiny_causal"))
+    before, adapters = base_weights(backbone), [p.detach().clone() for p in trainable_parameters(backbone)]
+    table = TextPairs.from_dataset(pairs, backbone)
+    head = RewardHead(table.hidden_size, width=16, depth=1)
+    optimizer = torch.optim.Adam(list(head.parameters()) + trainable_parameters(backbone), lr=1e-2)
+    for step in range(3):
+        batch = table.batch(torch.arange(4) + 4 * (step % 2))
+        loss = bradley_terry_loss(head(batch.prompt_state, batch.chosen_state),
+                                  head(batch.prompt_state, batch.rejected_state))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(not torch.equal(p, q) for p, q in zip(trainable_parameters(backbone), adapters))
+    assert all(torch.equal(p, before[k]) for k, p in base_weights(backbone).items())
+
+
+def test_bf16_base_weights_train_fp32_adapters_and_give_fp32_states(make_backbone, pairs):
+    low = make_backbone("tiny_causal")
+    low.model.to(torch.bfloat16)  # as loaded on a GPU
+    backbone = add_lora(low)
+    assert {p.dtype for p in trainable_parameters(backbone)} == {torch.float32}
+    h_x, h_xy = backbone.states(pairs["prompt"][:2], pairs["chosen"][:2])
+    assert h_x.dtype == h_xy.dtype == torch.float32
+    h_xy.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable_parameters(backbone))
+    assert backbone.model.get_base_model().layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", KINDS)
