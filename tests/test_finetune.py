@@ -9,6 +9,7 @@ from pyro_vrm.backbone import Backbone, resolve_backbone
 from pyro_vrm.baseline import RewardHead, bradley_terry_loss
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.features import PreferenceFeatures
+from pyro_vrm.featurize import cache_key
 from pyro_vrm.finetune import (TextPairs, adapter_state_dict, add_lora, default_target_modules, load_adapter,
                                load_adapter_state_dict, save_adapter, trainable_parameters)
 from pyro_vrm.simulated_text import TextSimulationConfig, simulate_text
@@ -217,3 +218,13 @@ def test_text_pairs_carry_prompt_ids_and_scores_as_the_feature_table_does(make_b
         TextPairs.from_dataset(datasets.Dataset.from_dict({"prompt": ["a"], "chosen": ["b"]}), table.backbone)
     with pytest.raises(ValueError, match="chosen has 1 rows, expected 2"):
         TextPairs(table.backbone, ["a", "b"], ["c"], ["d", "e"])
+
+
+def test_features_through_adapters_are_never_taken_from_the_frozen_backbone_s_cache(make_backbone, pairs):
+    frozen = make_backbone("tiny_causal")
+    frozen_key = cache_key(frozen, pairs)
+    lora = add_lora(frozen)
+    untrained_key = cache_key(lora, pairs)
+    perturb_adapters(lora)
+    assert len({frozen_key, untrained_key, cache_key(lora, pairs)}) == 3
+    assert cache_key(lora, pairs) == cache_key(lora, pairs)
