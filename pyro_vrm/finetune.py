@@ -63,6 +63,14 @@ def add_lora(backbone: Backbone, rank: int = 8, alpha: float = 16.0, dropout: fl
     The adapters are injected into ``backbone.model`` itself (no copy of a large model is made):
     use the returned backbone from then on. Adapters are initialised as peft does (B = 0), so the
     new backbone's states equal the old one's until a step is taken.
+
+    >>> from transformers import AutoTokenizer, GPT2Config, GPT2Model
+    >>> from pyro_vrm.backbone import resolve_backbone
+    >>> tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    >>> gpt2 = GPT2Model(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=8, n_layer=1, n_head=2))
+    >>> lora = add_lora(Backbone(gpt2, tokenizer, max_length=16), rank=2)
+    >>> [tuple(p.shape) for p in trainable_parameters(lora)]  # A (r, in), B (out, r) of the attention's c_attn
+    [(2, 8), (24, 2)]
     """
     model = backbone.model
     if isinstance(model, PeftModel):
@@ -82,7 +90,9 @@ def add_lora(backbone: Backbone, rank: int = 8, alpha: float = 16.0, dropout: fl
         else:  # transformers < 5
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     targets = default_target_modules(model) if target_modules is None else target_modules
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    transposed = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores weights (in, out)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                        fan_in_fan_out=transposed)
     with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
         adapted = get_peft_model(model, config)
