@@ -149,6 +149,8 @@ class Backbone:
     def _pair_sequences(self, prompts: list[str], responses: list[str]):
         """(sequences of the N pairs, sequences of the distinct prompts alone, row of each pair's
         prompt among those): the prompts alone only for an encoder, each encoded once."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: one response per prompt")
         if self.causal:
             return [self._causal_sequence(self.prompt_ids(p), r) for p, r in zip(prompts, responses)], [], None
         sequences = [self._encoder_sequence(p, r) for p, r in zip(prompts, responses)]
@@ -217,6 +219,8 @@ class Backbone:
         encoder sees the pairs and the distinct prompts alone in that batch). The model runs in its
         current mode: in eval mode the states equal ``encode``'s up to float rounding.
         """
+        if not prompts:
+            raise ValueError("Backbone.states needs at least one (prompt, response) pair")
         sequences, alone, prompt_rows = self._pair_sequences(prompts, responses)
         pooled, at_prompt = self._forward(sequences + alone)
         if self.causal:

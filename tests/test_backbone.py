@@ -99,6 +99,10 @@ def test_states_with_gradient_equal_encode_in_eval_mode(name, request):
     first_weight = next(backbone.model.parameters())
     (gradient,) = torch.autograd.grad((h_x.sum() + h_xy.sum()), first_weight)
     assert gradient.abs().sum() > 0
+    with pytest.raises(ValueError, match="3 prompts but 2 responses"):
+        backbone.states(prompts, responses[:2])
+    with pytest.raises(ValueError, match="at least one"):
+        backbone.states([], [])
 
 
 def test_encode_runs_in_eval_mode_and_restores_the_mode(tiny_causal):
