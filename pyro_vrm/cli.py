@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vrm: the variational reward model; rm: the Bradley-Terry baseline")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", action="store_true",
+                       help="go on from the checkpoint in --out, with the same flags: a run stopped by SIGTERM "
+                            "or killed ends as the uninterrupted run would")
     train.add_argument("--test-fraction", type=float, default=0.2,
                        help="share of prompts held out for testing, when the data has no split of its own")
     train.add_argument("--sim-seed", type=int, default=SimulationConfig().seed,
@@ -118,14 +122,20 @@ def split_text(pairs, features, test_fraction: float, seed: int):
     return {name: features.select(i) for name, i in index.items()}, truth
 
 
-def train_command(args: argparse.Namespace) -> dict:
+def train_command(args: argparse.Namespace) -> dict | None:
+    """Fit, summarize, write the run folder. Under ``accelerate launch`` every process trains its
+    share; the main process alone writes and returns the summary (the others return None)."""
     # Heavy imports here, so that `pyro-vrm --help` and argument errors answer at once.
     from .baseline import fit_reward_model
     from .evaluate import summarize_reward_model, summarize_vrm
+    from .loop import process_state
     from .runs import RunDir, new_run_dir
     from .simulate import simulate
     from .train import fit_vrm
 
+    state = process_state()
+    if args.out is None and (args.resume or state.num_processes > 1):
+        raise ConfigError("name the run folder with --out to --resume a run or to train on several processes")
     model_config, train_config = from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
     config = {"command": "train", "data": args.data, "model": args.model, "split": args.split,
               "layout": args.layout, "sim_seed": args.sim_seed, "test_fraction": args.test_fraction,
@@ -135,20 +145,27 @@ def train_command(args: argparse.Namespace) -> dict:
         train, test, truth, extra = data.train, data.test, data.truth, {}
         config["simulation"] = asdict(data.config)
     else:
-        pairs, features, record = load_text_features(args)
+        with state.main_process_first():  # the main process fills the feature cache, the others read it
+            pairs, features, record = load_text_features(args)
         splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
         train, test = splits.pop("train"), splits.pop("test")
         extra = splits
         config["backbone_config"] = asdict(from_arguments(BackboneConfig, args))
         config["features"] = record
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
-    run.write_json("config.json", config)
+    if state.is_main_process:
+        run.write_json("config.json", config)
+    fit = {"run": run, "progress": not args.quiet, "resume": args.resume}
     if args.model == "vrm":
-        vrm, standardizer = fit_vrm(train, model_config, train_config, run=run, progress=not args.quiet)
-        summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
+        vrm, standardizer = fit_vrm(train, model_config, train_config, **fit)
+        summarize = lambda: summarize_vrm(vrm, train, test, standardizer, truth,  # noqa: E731
+                                          train_config.sup_temperature, extra)
     else:
-        head = fit_reward_model(train, model_config, train_config, run=run, progress=not args.quiet)
-        summary = summarize_reward_model(head, train, test, truth, extra)
+        head = fit_reward_model(train, model_config, train_config, **fit)
+        summarize = lambda: summarize_reward_model(head, train, test, truth, extra)  # noqa: E731
+    if not state.is_main_process:
+        return None
+    summary = summarize()
     summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                     "run_dir": str(run.path)})
     run.write_json("summary.json", summary)
@@ -256,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()  # library bars on stderr would bury our one-line errors
     transformers.utils.logging.disable_progress_bar()
     from .data import DataError
-    from .train import NonFiniteLoss
+    from .loop import NonFiniteLoss, TrainingInterrupted
     try:
         command = {"train": train_command, "featurize": featurize_command, "evaluate": evaluate_command,
                    "diagnose": diagnose_command}
@@ -267,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"pyro-vrm: training stopped: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    except TrainingInterrupted as err:
+        print(f"pyro-vrm: {err}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    if result is not None:
+        print(json.dumps(result, indent=2))
     return 0
 
 

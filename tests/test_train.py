@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-import pyro_vrm.train as train_module
+import pyro_vrm.loop as loop_module
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.evaluate import pearson
 from pyro_vrm.model import Priors
@@ -125,7 +125,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(sma
 
     train = small_data.train.select(torch.arange(len(small_data.train)))
     train.prompt_state[-1] = float("nan")
-    monkeypatch.setattr(train_module, "minibatches", poisoned)
+    monkeypatch.setattr(loop_module, "minibatches", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"at step 7; the last good checkpoint \(step 5\)"):
         fit_vrm(train, SMALL, quick(checkpoint_every=5), run=RunDir(tmp_path), progress=False)
     assert (tmp_path / "checkpoint" / "params.pt").exists()
