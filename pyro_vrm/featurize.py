@@ -22,7 +22,7 @@ import torch
 from .backbone import Backbone
 from .features import PreferenceFeatures
 
-__all__ = ["default_cache_dir", "data_fingerprint", "cache_key", "featurize", "Featurized"]
+__all__ = ["default_cache_dir", "data_fingerprint", "cache_key", "featurize", "Featurized", "pair_labels"]
 
 STATE_COLUMNS = ("prompt_state", "chosen_state", "rejected_state")
 
@@ -78,10 +78,21 @@ def featurize(pairs: datasets.Dataset, backbone: Backbone, cache_dir: Path | Non
 
 
 def _features(pairs: datasets.Dataset, states: dict[str, torch.Tensor]) -> PreferenceFeatures:
+    return PreferenceFeatures(**states, **pair_labels(pairs))
+
+
+def pair_labels(pairs: datasets.Dataset) -> dict[str, torch.Tensor]:
+    """What a table of pairs carries besides states: ``prompt_id`` (N,), pairs of one prompt text
+    sharing an id numbered in order of appearance, and ``chosen_scores``, ``rejected_scores`` (N, K)
+    where ``pairs`` has aspect scores.
+
+    >>> table = datasets.Dataset.from_dict({"prompt": ["a", "b", "a"]})
+    >>> pair_labels(table)["prompt_id"].tolist()
+    [0, 1, 0]
+    """
     prompt_index = {p: i for i, p in enumerate(dict.fromkeys(pairs["prompt"]))}
-    scores = {}
+    labels = {"prompt_id": torch.tensor([prompt_index[p] for p in pairs["prompt"]])}
     if "scores_chosen" in pairs.column_names:
-        scores = {"chosen_scores": torch.tensor(pairs["scores_chosen"], dtype=torch.float32),
-                  "rejected_scores": torch.tensor(pairs["scores_rejected"], dtype=torch.float32)}
-    return PreferenceFeatures(**states, prompt_id=torch.tensor([prompt_index[p] for p in pairs["prompt"]]),
-                              **scores)
+        labels["chosen_scores"] = torch.tensor(pairs["scores_chosen"], dtype=torch.float32)
+        labels["rejected_scores"] = torch.tensor(pairs["scores_rejected"], dtype=torch.float32)
+    return labels

@@ -85,3 +85,29 @@ def test_kind_of_model_from_its_config(minilm, tiny_causal):
     assert is_causal(tiny_causal.model.config) and not is_causal(minilm.model.config)
     with pytest.raises(ValueError, match="--max-length must be at least 8"):
         Backbone(minilm.model, minilm.tokenizer, max_length=4)
+
+
+@pytest.mark.parametrize("name", ["minilm", "tiny_causal"])
+def test_states_with_gradient_equal_encode_in_eval_mode(name, request):
+    backbone = request.getfixturevalue(name)
+    prompts, responses = [*PROMPTS, PROMPTS[0]], [*CHOSEN, REJECTED[0]]  # a prompt shared by two pairs
+    prompt_state, response_state, _ = backbone.encode(prompts, responses)
+    calls = backbone.forward_calls
+    h_x, h_xy = backbone.states(prompts, responses)
+    assert backbone.forward_calls == calls + 1  # one batch, the distinct prompts of an encoder in it
+    assert torch.allclose(h_x, prompt_state, atol=1e-5) and torch.allclose(h_xy, response_state, atol=1e-5)
+    first_weight = next(backbone.model.parameters())
+    (gradient,) = torch.autograd.grad((h_x.sum() + h_xy.sum()), first_weight)
+    assert gradient.abs().sum() > 0
+
+
+def test_encode_runs_in_eval_mode_and_restores_the_mode(tiny_causal):
+    tiny_causal.model.train()
+    seen = []
+    hook = tiny_causal.model.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    try:
+        tiny_causal.encode(PROMPTS, CHOSEN)
+    finally:
+        hook.remove()
+        training, _ = tiny_causal.model.training, tiny_causal.model.eval()
+    assert seen and not any(seen) and training
