@@ -66,8 +66,9 @@ def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = Mode
                      train_config: TrainConfig = TrainConfig(), run: RunDir | None = None,
                      progress: bool = True, monitor: Callable[[RewardHead], dict] | None = None,
                      resume: bool = False) -> RewardHead:
-    """Fit the Bradley-Terry head to ``train`` with the loop, minibatches and optimizer VRM uses;
-    write metrics and checkpoints to ``run`` (``resume``: go on from its checkpoint).
+    """Fit the Bradley-Terry head to ``train`` with the loop, minibatches and optimizer VRM uses
+    (``train``: cached states, or TextPairs whose LoRA adapters train with the head); write
+    metrics and checkpoints to ``run`` (``resume``: go on from its checkpoint).
     ``monitor(head)`` adds its metrics to every logged record, as in :func:`fit_vrm`."""
     cfg = train_config
     seed_everything(cfg.seed)

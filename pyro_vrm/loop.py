@@ -77,13 +77,35 @@ def minibatches(num_pairs: int, batch_size: int, steps: int, seed: int) -> Itera
 class Checkpointing:
     """Where and what to checkpoint: the run folder, the JSON config that rebuilds ``model``,
     the module whose state is saved (the VRM or the reward head, not the loss wrapper), extra
-    tensors (e.g. the aspect standardizer), and whether to resume from the folder's checkpoint."""
+    tensors (e.g. the aspect standardizer), and whether to resume from the folder's
+    checkpoint. The LoRA adapters of a backbone trained end to end are saved with the model."""
 
     run: RunDir
     config: dict
     model: nn.Module
     extra: dict | None = None
     resume: bool = False
+
+
+class _WithEncoder(nn.Module):
+    """A loss module plus the backbone model whose adapters train with it: held here so that the
+    optimizer and DistributedDataParallel see the adapters' parameters."""
+
+    def __init__(self, loss: nn.Module, encoder: nn.Module):
+        super().__init__()
+        self.loss, self.encoder = loss, encoder
+
+    def forward(self, batch: PairBatch, num_pairs: int) -> torch.Tensor:
+        return self.loss(batch, num_pairs)
+
+
+def _training_state(step: int, optimizer: torch.optim.Optimizer, backbone) -> dict:
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": get_rng_state()}
+    if backbone is not None:
+        from .finetune import adapter_state_dict
+
+        state["adapters"] = adapter_state_dict(backbone)
+    return state
 
 
 class _SigtermFlag:
@@ -112,7 +134,9 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     """Minimise ``loss_module(batch, num_pairs)`` over minibatches of ``source`` with ClippedAdam
     (lr decaying geometrically to ``lr * lr_decay``, gradients clipped elementwise).
 
-    ``source`` has ``len()`` and ``batch(index, targets) -> PairBatch``; ``metrics(batch)``,
+    ``source`` has ``len()`` and ``batch(index, targets) -> PairBatch``; when it has a
+    ``backbone`` (:class:`pyro_vrm.finetune.TextPairs`), its batches are computed with gradient
+    and the backbone's LoRA adapters train too, and are checkpointed. ``metrics(batch)``,
     called on the main process after every ``log_every``-th step, reads that step's loss terms
     from the loss module and returns the record to log, to which ``monitor()`` adds its own.
     Returns when the loop ends; the parameters are updated in place.
@@ -121,10 +145,13 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+    backbone = getattr(source, "backbone", None)
+    if backbone is not None:
+        loss_module = _WithEncoder(loss_module, backbone.model)
     parameters = [p for p in loss_module.parameters() if p.requires_grad]
     optimizer = ClippedAdam(parameters, lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps), clip_norm=cfg.clip_norm)
     ckpt = checkpointing
-    start = _restore(ckpt, optimizer) if ckpt is not None and ckpt.resume else 0
+    start = _restore(ckpt, optimizer, backbone) if ckpt is not None and ckpt.resume else 0
     if rank > 0:  # the same initial parameters everywhere (DDP broadcasts rank 0's), other draws
         pyro.set_rng_seed(cfg.seed + 7919 * rank + start)
     module, optimizer = accelerator.prepare(loss_module, optimizer)
@@ -137,8 +164,8 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
         if ckpt is not None:
             accelerator.wait_for_everyone()
             if main:
-                ckpt.run.save_checkpoint(ckpt.config, ckpt.model, ckpt.extra, step=step,
-                                         optimizer=optimizer.state_dict(), rng=get_rng_state())
+                ckpt.run.save_checkpoint(ckpt.config, ckpt.model, ckpt.extra,
+                                         **_training_state(step, optimizer, backbone))
 
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress or not main, desc=desc, mininterval=1.0)
     with _SigtermFlag() as sigterm:
@@ -193,9 +220,9 @@ def _any(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum") > 0)
 
 
-def _restore(ckpt: Checkpointing, optimizer: torch.optim.Optimizer) -> int:
-    """Load the run's checkpoint into the model, the optimizer and the RNGs; return its step
-    (0, with nothing loaded, when the run has no checkpoint yet)."""
+def _restore(ckpt: Checkpointing, optimizer: torch.optim.Optimizer, backbone) -> int:
+    """Load the run's checkpoint into the model, the optimizer, the backbone's adapters (if it
+    trains) and the RNGs; return its step (0, with nothing loaded, when there is no checkpoint)."""
     run = ckpt.run
     if not run.has_checkpoint():
         return 0
@@ -207,5 +234,9 @@ def _restore(ckpt: Checkpointing, optimizer: torch.optim.Optimizer) -> int:
     if "optimizer" not in state:
         raise ConfigError(f"--resume: the checkpoint in {run.checkpoint_dir} holds no optimizer state")
     optimizer.load_state_dict(state["optimizer"])
+    if backbone is not None:
+        from .finetune import load_adapter_state_dict
+
+        load_adapter_state_dict(backbone, state["adapters"])
     set_rng_state(state["rng"])
     return state["step"]

@@ -96,6 +96,10 @@ class RunDir:
         saved, given = self.checkpoint_config(), json.loads(json.dumps(config, default=_jsonable))
         return sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k))
 
+    def checkpoint_state(self) -> dict:
+        """Everything ``params.pt`` holds, as saved."""
+        return torch.load(self.checkpoint_dir / "params.pt", weights_only=False)
+
     def load_checkpoint(self, module: torch.nn.Module) -> dict:
         """Load the checkpoint's parameters into ``module`` and return the rest of its state
         (``extra`` tensors; ``step``, ``optimizer`` and ``rng`` where training wrote them).
@@ -103,7 +107,7 @@ class RunDir:
         The module's own parameters are authoritative, so the param store is emptied: Pyro
         re-registers them on the next model or guide run, and no stale copy can shadow them.
         """
-        state = torch.load(self.checkpoint_dir / "params.pt", weights_only=False)
+        state = self.checkpoint_state()
         module.load_state_dict(state.pop("module"))
         pyro.clear_param_store()
         return state

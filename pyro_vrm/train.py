@@ -129,7 +129,8 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
             monitor: Callable[[VRM], dict] | None = None,
             resume: bool = False) -> tuple[VRM, Standardizer | None]:
     """Fit VRM to ``train`` by SVI; write metrics and checkpoints to ``run`` if given, and with
-    ``resume`` go on from ``run``'s checkpoint.
+    ``resume`` go on from ``run``'s checkpoint. ``train`` is a table of cached states, or
+    :class:`pyro_vrm.finetune.TextPairs`, whose backbone's LoRA adapters then train jointly.
 
     ``monitor(vrm)``, called at every logged step, adds its own metrics to the record (e.g. the
     accuracy on held-out pairs, for learning curves)."""
