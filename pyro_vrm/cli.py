@@ -258,7 +258,11 @@ def ppo_command(args: argparse.Namespace) -> dict:
     from .runs import RunDir, new_run_dir
     from .simulated_text import FILLER, TextSimulationConfig, simulate_text
 
+    import torch
+
     started, ppo_config = time.time(), from_arguments(PPOConfig, args)
+    if args.policy is None:  # tiny matrices: a second thread costs more in synchronisation than it gains
+        torch.set_num_threads(1)
     reward_model = _ppo_reward(args.reward)
     text = simulate_text(TextSimulationConfig(seed=ppo_config.seed)).to_dict()
     train_prompts, held_prompts = _ppo_prompts(args.prompts, text, ppo_config.seed)

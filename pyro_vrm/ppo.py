@@ -374,7 +374,7 @@ class PPOTrainer:
             history.append(record)
             if run is not None:
                 run.log_metrics(record)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}")
+            bar.set_postfix(reward=f"{record['reward']:.3g}", kl=f"{record['kl']:.2f}")
         return history
 
     @torch.no_grad()
