@@ -322,7 +322,7 @@ class PPOTrainer:
     def step(self, prompts: list[str]) -> dict:
         """Roll out on ``prompts``, then optimise; returns the step's metrics."""
         c = self.config
-        self.model.train()
+        self.model.eval()  # dropout off: before the first update the new and old log-probabilities agree
         rollout = self.generate(prompts)
         self._score_tokens(rollout)
         mask, beta = rollout.mask, self.kl_controller.beta
