@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vrm train``, ``featurize``, ``evaluate`` and ``diagnose``.
+"""Command line: ``pyro-vrm train``, ``featurize``, ``evaluate``, ``diagnose`` and ``ppo``.
 
 Flags are generated from the configuration dataclasses, so each default lives in one place.
 """
@@ -13,10 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .config import BackboneConfig, ConfigError, ModelConfig, TrainConfig, add_arguments, from_arguments
+from .policy import TinyPolicyConfig
+from .ppo import PPOConfig
 from .simulate import SimulationConfig
 
 __all__ = ["main", "build_parser"]
 
+PPO_DEMO_REWARD = Path("runs/vrm-simulated-text")
 DATA_HELP = ("'simulated' (hidden states drawn from the VRM model), 'simulated-text' (generated "
              "preference text, see simulated_text.py), a local .jsonl/.json/.parquet/.csv[.gz] file, "
              "or a hub id such as openbmb/UltraFeedback")
@@ -70,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="draws from the guide per pair (default: that of pyro_vrm.diagnostics.diagnose)")
     diagnose.add_argument("--nuts-pairs", type=int, default=None,
                           help="test pairs sampled by NUTS (default: that of pyro_vrm.diagnostics.diagnose)")
+
+    ppo = commands.add_parser("ppo", help="PPO of a causal LM policy against a VRM's posterior-mean reward "
+                              "(no arguments: the offline demonstration on simulated-text)")
+    ppo.add_argument("--reward", type=Path, default=None,
+                     help="a pyro-vrm train run folder on text data or a save_pretrained folder (default: "
+                          f"{PPO_DEMO_REWARD}, fitted on simulated-text first if it holds no finished run)")
+    ppo.add_argument("--policy", default=None, help="a transformers causal LM id or folder (default: a tiny "
+                     "word-level Llama built in code and warm-started on simulated-text responses)")
+    ppo.add_argument("--prompts", type=Path, default=None, help="prompts, one per line (.txt) or a 'prompt' "
+                     "field per line (.jsonl); a fifth are held out (default: simulated-text's train and test prompts)")
+    ppo.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
+    ppo.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(ppo, PPOConfig)
+    add_arguments(ppo, TinyPolicyConfig)
     return parser
 
 
@@ -249,6 +266,116 @@ def diagnose_command(args: argparse.Namespace) -> dict:
         raise ConfigError(str(err)) from err
 
 
+def ppo_command(args: argparse.Namespace) -> dict:
+    """PPO against a VRM reward; summary.json holds the reward and KL of fresh rollouts on held
+    prompts before and after, and the share of them that carry simulated-text's filler."""
+    import time
+
+    from .ppo import PPOTrainer
+    from .runs import RunDir, new_run_dir
+    from .simulated_text import FILLER, TextSimulationConfig, simulate_text
+
+    import torch
+
+    started, ppo_config = time.time(), from_arguments(PPOConfig, args)
+    if args.policy is None:  # tiny matrices: a second thread costs more in synchronisation than it gains
+        torch.set_num_threads(1)
+    reward_model = _ppo_reward(args.reward)
+    text = simulate_text(TextSimulationConfig(seed=ppo_config.seed)).to_dict()
+    train_prompts, held_prompts = _ppo_prompts(args.prompts, text, ppo_config.seed)
+    run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
+    run.write_json("config.json", {"command": "ppo", "reward": str(args.reward or PPO_DEMO_REWARD),
+                                   "policy": args.policy, "prompts": args.prompts, "ppo_config": asdict(ppo_config),
+                                   "policy_config": asdict(from_arguments(TinyPolicyConfig, args))})
+    policy, tokenizer, warm_start_loss = _ppo_policy(args, text, train_prompts + held_prompts)
+    trainer = PPOTrainer(policy, tokenizer, reward_model.score, ppo_config)
+    held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
+    summary = {}
+    for when in ("start", "end"):
+        if when == "end":
+            trainer.train(train_prompts, run=run, progress=not args.quiet)
+        rollouts, figures = trainer.evaluate(held)
+        summary.update({f"{name}_{when}": value for name, value in figures.items()})
+        summary[f"filler_rate_{when}"] = sum(FILLER in c for c in rollouts.completions) / len(held)
+        summary[f"completion_words_{when}"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
+        summary[f"examples_{when}"] = [{"prompt": p, "completion": c}
+                                       for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
+    summary["reward_se"] = summary.pop("reward_se_start")
+    summary.update({"rise_in_se": (summary["reward_end"] - summary["reward_start"]) / summary["reward_se"],
+                    "kl_bound": ppo_config.kl_bound, "kl_within_bound": summary["kl_end"] < ppo_config.kl_bound,
+                    "held_rollouts": len(held), "warm_start_loss": warm_start_loss,
+                    "seconds": round(time.time() - started, 1), "run_dir": str(run.path)})
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def _ppo_reward(path: Path | None):
+    """The VRM reward: a save_pretrained folder, a train run folder, or the demonstration's own fit."""
+    from .reward_model import VRMRewardModel
+
+    if path is None:
+        path = PPO_DEMO_REWARD
+        if not (path / "summary.json").exists():  # fit once; later runs reuse it
+            train_command(build_parser().parse_args(["train", "--data", "simulated-text", "--out", str(path),
+                                                     "--quiet"]))
+    if (path / "model.safetensors").exists():
+        return VRMRewardModel.from_pretrained(path)
+    if (path / "checkpoint" / "config.json").exists():
+        return VRMRewardModel.from_run(path)
+    raise ConfigError(f"--reward {path}: neither a save_pretrained folder (model.safetensors) nor a "
+                      "pyro-vrm train run folder (checkpoint/)")
+
+
+def _ppo_prompts(path: Path | None, text: dict, seed: int) -> tuple[list[str], list[str]]:
+    """(training prompts, held prompts): simulated-text's train and test prompts, or a file's
+    prompts with a seeded fifth held out."""
+    import torch
+
+    if path is None:
+        return [list(dict.fromkeys(p for p, s in zip(text["prompt"], text["split"]) if s == split))
+                for split in ("train", "test")]
+    if not path.exists():
+        raise ConfigError(f"--prompts {path}: no such file")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, 1):
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise ConfigError(f"--prompts {path}, line {number}: needs a string field 'prompt'")
+            prompts.append(record["prompt"])
+    else:
+        prompts = lines
+    if len(prompts) < 2:
+        raise ConfigError(f"--prompts {path}: needs at least 2 prompts (one to train on, one held), "
+                          f"found {len(prompts)}")
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(1, len(prompts) // 5)
+    return [prompts[i] for i in order[held:]], [prompts[i] for i in order[:held]]
+
+
+def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str]):
+    """(policy, tokenizer, warm-start loss (first, last) or None): a named causal LM, or the tiny
+    offline policy warm-started on simulated-text's training responses."""
+    from .policy import tiny_policy, warm_start
+
+    if args.policy is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.policy)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return AutoModelForCausalLM.from_pretrained(args.policy), tokenizer, None
+    policy_config = from_arguments(TinyPolicyConfig, args)
+    train = [i for i, s in enumerate(text["split"]) if s == "train"]
+    policy, tokenizer = tiny_policy(text["prompt"] + text["chosen"] + text["rejected"] + prompts, policy_config,
+                                    seed=args.seed)
+    losses = warm_start(policy, tokenizer, [text["prompt"][i] for i in train] * 2,
+                        [text["chosen"][i] for i in train] + [text["rejected"][i] for i in train],
+                        policy_config, seed=args.seed)
+    return policy, tokenizer, [losses[0], losses[-1]]
+
+
 def featurize_command(args: argparse.Namespace) -> dict:
     if args.data == "simulated":
         raise ConfigError("--data simulated has no text to featurize; use simulated-text or a file")
@@ -259,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command not in ("evaluate", "diagnose"):
+        if args.command not in ("evaluate", "diagnose", "ppo"):
             from_arguments(BackboneConfig, args)
+        if args.command == "ppo":
+            from_arguments(PPOConfig, args), from_arguments(TinyPolicyConfig, args)
         if args.command == "train":
             from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
             if not 0 < args.test_fraction < 1:
@@ -276,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import NonFiniteLoss, TrainingInterrupted
     try:
         command = {"train": train_command, "featurize": featurize_command, "evaluate": evaluate_command,
-                   "diagnose": diagnose_command}
+                   "diagnose": diagnose_command, "ppo": ppo_command}
         result = command[args.command](args)
     except (DataError, ConfigError) as err:
         print(f"pyro-vrm: error: {err}", file=sys.stderr)
