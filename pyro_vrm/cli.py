@@ -12,7 +12,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import BackboneConfig, ConfigError, ModelConfig, TrainConfig, add_arguments, from_arguments
+from .config import (BackboneConfig, ConfigError, FinetuneConfig, ModelConfig, TrainConfig, add_arguments,
+                     from_arguments)
 from .policy import TinyPolicyConfig
 from .ppo import PPOConfig
 from .simulate import SimulationConfig
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed of the simulated data and of the train/test split (kept apart from --seed)")
     add_arguments(train, TrainConfig)
     add_arguments(train, ModelConfig)
+    add_arguments(train, FinetuneConfig)
 
     featurize = commands.add_parser("featurize", help="compute (or find cached) hidden states of a data set")
     _data_arguments(featurize, default="simulated-text")
@@ -90,53 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_text_features(args: argparse.Namespace):
-    """(pairs, features, record) for a text source: the validated pairs (a datasets.Dataset),
-    their hidden states through the feature cache, and what the load and the cache did."""
-    from .data import load_preferences
-    from .featurize import featurize
-    from .simulated_text import TextSimulationConfig, simulate_text
-
-    if args.data == "simulated-text":
-        pairs, report = simulate_text(TextSimulationConfig(seed=getattr(args, "sim_seed", 0))), None
-    else:
-        pairs, report = load_preferences(args.data, split=args.split, layout=args.layout)
-    backbone = _backbone(asdict(from_arguments(BackboneConfig, args)))
-    result = featurize(pairs, backbone, args.cache_dir)
-    record = {"cache": str(result.path), "from_cache": result.from_cache, "pairs": len(pairs),
-              "hidden_size": result.features.hidden_size, "tokens": result.num_tokens,
-              "load_report": None if report is None else str(report)}
-    return pairs, result.features, record
-
-
-def split_index(pairs, features, test_fraction: float, seed: int) -> dict:
-    """Row indices per split: the data's own ``split`` column (train, test and any other, such
-    as simulated-text's shifted split), or a split of the prompts into train and test."""
-    import torch
-
-    from .features import split_by_prompt
-
-    if "split" in pairs.column_names:
-        names = pairs["split"]
-        index = {name: torch.tensor([i for i, s in enumerate(names) if s == name]) for name in dict.fromkeys(names)}
-        if not {"train", "test"} <= set(index):
-            raise ConfigError(f"the data's split column needs 'train' and 'test' rows, found {sorted(index)}")
-    else:
-        index = split_by_prompt(features.prompt_id, test_fraction, seed)
-    return index
-
-
-def split_text(pairs, features, test_fraction: float, seed: int):
-    """(splits, truth) of :func:`split_index`, with the simulator's truth when it has one."""
-    import torch
-
-    index = split_index(pairs, features, test_fraction, seed)
-    truth = None
-    if "weights" in pairs.column_names:  # simulated text keeps its truth
-        columns = {"objective_weights": "weights", "chosen_reward": "reward_chosen",
-                   "rejected_reward": "reward_rejected"}
-        truth = {split: {k: torch.tensor(pairs[c])[i] for k, c in columns.items()} for split, i in index.items()}
-    return {name: features.select(i) for name, i in index.items()}, truth
+def _text_source(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`pyro_vrm.pipeline.load_text_pairs` given on the command line."""
+    return {"data": args.data, "split": args.split, "layout": args.layout, "sim_seed": getattr(args, "sim_seed", 0)}
 
 
 def train_command(args: argparse.Namespace) -> dict | None:
@@ -154,39 +112,74 @@ def train_command(args: argparse.Namespace) -> dict | None:
     if args.out is None and (args.resume or state.num_processes > 1):
         raise ConfigError("name the run folder with --out to --resume a run or to train on several processes")
     model_config, train_config = from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+    finetune = from_arguments(FinetuneConfig, args)
     config = {"command": "train", "data": args.data, "model": args.model, "split": args.split,
               "layout": args.layout, "sim_seed": args.sim_seed, "test_fraction": args.test_fraction,
               "model_config": asdict(model_config), "train_config": asdict(train_config)}
     if args.data == "simulated":
+        if finetune.finetune != "none":
+            raise ConfigError("--finetune needs text data: --data simulated has hidden states only")
         data = simulate(SimulationConfig(seed=args.sim_seed))
         train, test, truth, extra = data.train, data.test, data.truth, {}
         config["simulation"] = asdict(data.config)
+        evaluation = lambda: (train, test, extra)  # noqa: E731
     else:
-        with state.main_process_first():  # the main process fills the feature cache, the others read it
-            pairs, features, record = load_text_features(args)
-        splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
-        train, test = splits.pop("train"), splits.pop("test")
-        extra = splits
-        config["backbone_config"] = asdict(from_arguments(BackboneConfig, args))
-        config["features"] = record
+        train, evaluation, truth = _text_training(args, state, config, finetune)
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
     if state.is_main_process:
         run.write_json("config.json", config)
     fit = {"run": run, "progress": not args.quiet, "resume": args.resume}
     if args.model == "vrm":
         vrm, standardizer = fit_vrm(train, model_config, train_config, **fit)
-        summarize = lambda: summarize_vrm(vrm, train, test, standardizer, truth,  # noqa: E731
-                                          train_config.sup_temperature, extra)
     else:
         head = fit_reward_model(train, model_config, train_config, **fit)
-        summarize = lambda: summarize_reward_model(head, train, test, truth, extra)  # noqa: E731
     if not state.is_main_process:
         return None
-    summary = summarize()
+    train, test, extra = evaluation()
+    if args.model == "vrm":
+        summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
+    else:
+        summary = summarize_reward_model(head, train, test, truth, extra)
     summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                     "run_dir": str(run.path)})
     run.write_json("summary.json", summary)
     return summary
+
+
+def _text_training(args: argparse.Namespace, state, config: dict, finetune: FinetuneConfig):
+    """(training table, evaluation() -> (train, test, other splits) as hidden states, truth) for
+    text data; records the backbone and features in ``config``. With a frozen backbone the tables
+    are cached states; with ``--finetune lora`` training reads text through the LoRA backbone,
+    and evaluation featurizes every pair through the trained one."""
+    from .pipeline import load_backbone, load_text_pairs, split_text, text_features
+
+    backbone_config = from_arguments(BackboneConfig, args)
+    config["backbone_config"], config["finetune_config"] = asdict(backbone_config), asdict(finetune)
+    with state.main_process_first():  # the main process fills the caches, the others read them
+        pairs, report = load_text_pairs(**_text_source(args))
+        backbone = load_backbone(backbone_config)
+        if finetune.finetune == "none":
+            features, config["features"] = text_features(pairs, backbone, args.cache_dir, report)
+    if finetune.finetune == "none":
+        splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
+        return splits["train"], lambda: _without_train(splits), truth
+
+    from .finetune import TextPairs, add_lora
+
+    backbone = add_lora(backbone, finetune.lora_rank, finetune.lora_alpha, finetune.lora_dropout)
+    splits, truth = split_text(pairs, TextPairs.from_dataset(pairs, backbone), args.test_fraction, args.sim_seed)
+
+    def evaluation():
+        features, config["features"] = text_features(pairs, backbone, args.cache_dir, report)
+        return _without_train(split_text(pairs, features, args.test_fraction, args.sim_seed)[0])
+
+    return splits["train"], evaluation, truth
+
+
+def _without_train(splits: dict) -> tuple:
+    """(train, test, the other splits) of a dict of splits."""
+    others = {k: v for k, v in splits.items() if k not in ("train", "test")}
+    return splits["train"], splits["test"], others
 
 
 def evaluate_command(args: argparse.Namespace) -> dict:
@@ -194,6 +187,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     from .baseline import load_reward_model
     from .evaluate import evaluate_predictions, hack_rate, predict
     from .metrics import plot_reliability
+    from .pipeline import load_backbone, load_text_pairs, split_index, text_features
     from .runs import RunDir
     from .simulate import simulate
     from .train import load_vrm
@@ -210,14 +204,15 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     if data == "simulated":
         tables = {"test": (simulate(SimulationConfig(**config["simulation"])).test, None)}
     else:
-        source = argparse.Namespace(
-            data=data, split=args.split if args.data else config.get("split"),
-            layout=args.layout if args.data else config.get("layout"), cache_dir=args.cache_dir,
-            sim_seed=config.get("sim_seed", 0), **config["backbone_config"])
-        pairs, features, _ = load_text_features(source)
+        pairs, _ = load_text_pairs(data, split=args.split if args.data else config.get("split"),
+                                   layout=args.layout if args.data else config.get("layout"),
+                                   sim_seed=config.get("sim_seed", 0))
+        backbone = load_backbone(config["backbone_config"], config.get("finetune_config"),
+                                 run.checkpoint_state().get("adapters"))
+        features, _ = text_features(pairs, backbone, args.cache_dir)
         subsets = list(pairs["subset"]) if "subset" in pairs.column_names else None
         if data == config["data"]:
-            index = split_index(pairs, features, config.get("test_fraction", 0.2), config.get("sim_seed", 0))
+            index = split_index(pairs, features.prompt_id, config.get("test_fraction", 0.2), config.get("sim_seed", 0))
             index.pop("train")
         else:
             index = {"test": torch.arange(len(pairs))}
@@ -227,7 +222,6 @@ def evaluate_command(args: argparse.Namespace) -> dict:
             from .featurize import featurize
             from .simulated_text import FILLER
 
-            backbone = _backbone(config["backbone_config"])
             test_pairs = pairs.select(index["test"].tolist())
             result["reward_hacking"] = hack_rate(
                 model, test_pairs, lambda p: featurize(p, backbone, args.cache_dir).features, FILLER)
@@ -241,13 +235,6 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     plot_reliability(calibrations, run.path / "reliability.png", title=f"{config['model']}: P(chosen wins)")
     run.write_json("eval.json", result)
     return result
-
-
-def _backbone(backbone_config: dict):
-    from .backbone import Backbone
-
-    cfg = BackboneConfig(**backbone_config)
-    return Backbone.from_pretrained(cfg.backbone, cfg.max_length, cfg.feature_batch_size)
 
 
 def diagnose_command(args: argparse.Namespace) -> dict:
@@ -377,9 +364,12 @@ def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str]):
 
 
 def featurize_command(args: argparse.Namespace) -> dict:
+    from .pipeline import load_text_features
+
     if args.data == "simulated":
         raise ConfigError("--data simulated has no text to featurize; use simulated-text or a file")
-    return load_text_features(args)[2]
+    return load_text_features(backbone=from_arguments(BackboneConfig, args), cache_dir=args.cache_dir,
+                              **_text_source(args))[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ppo":
             from_arguments(PPOConfig, args), from_arguments(TinyPolicyConfig, args)
         if args.command == "train":
-            from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+            from_arguments(ModelConfig, args), from_arguments(TrainConfig, args), from_arguments(FinetuneConfig, args)
             if not 0 < args.test_fraction < 1:
                 raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     except ConfigError as err:

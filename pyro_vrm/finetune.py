@@ -34,7 +34,7 @@ from .features import PairBatch, PreferenceFeatures
 from .featurize import pair_labels
 
 __all__ = ["add_lora", "default_target_modules", "trainable_parameters", "adapter_state_dict",
-           "load_adapter_state_dict", "save_adapter", "load_adapter", "load_backbone", "TextPairs"]
+           "load_adapter_state_dict", "save_adapter", "load_adapter", "load_lora_backbone", "TextPairs"]
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -132,16 +132,15 @@ def load_adapter(backbone: Backbone, path: str | Path) -> None:
     load_adapter_state_dict(backbone, load_file(str(path)))
 
 
-def load_backbone(backbone_config: dict, finetune_config: dict | None = None,
-                  adapters: dict[str, torch.Tensor] | None = None, device: str | None = None) -> Backbone:
-    """The backbone a run used (``BackboneConfig`` and ``FinetuneConfig`` as dicts): as loaded, or,
-    for a run with ``finetune == "lora"``, with LoRA adapters carrying the ``adapters`` weights."""
+def load_lora_backbone(backbone_config: dict, finetune_config: dict, adapters: dict[str, torch.Tensor] | None,
+                       device: str | None = None) -> Backbone:
+    """The backbone of a run that trained LoRA adapters (``BackboneConfig`` and ``FinetuneConfig``
+    as dicts), carrying the trained ``adapters`` weights, in eval mode."""
+    if adapters is None:
+        raise ValueError(f"the run trained LoRA adapters of {backbone_config['backbone']!r}, "
+                         "but its checkpoint holds no adapter weights")
     backbone = Backbone.from_pretrained(backbone_config["backbone"], backbone_config["max_length"],
                                         backbone_config["feature_batch_size"], device=device)
-    if (finetune_config or {}).get("finetune", "none") == "none":
-        return backbone
-    if adapters is None:
-        raise ValueError(f"the run fine-tuned LoRA adapters of {backbone.name!r}, but no adapter weights were given")
     backbone = add_lora(backbone, finetune_config["lora_rank"], finetune_config["lora_alpha"],
                         finetune_config["lora_dropout"], gradient_checkpointing=False)
     load_adapter_state_dict(backbone, adapters)

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 
 from .backbone import Backbone
-from .finetune import load_backbone, save_adapter
+from .finetune import save_adapter
+from .pipeline import load_backbone
 from .posterior import reward_posterior
 from .runs import RunDir
 from .train import build_vrm, load_vrm
