@@ -1,20 +1,24 @@
 """The benchmarks' own correctness: what they time must compute the same thing."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyro_vrm.config import TrainConfig
+from pyro_vrm.baseline import bradley_terry_loss
+from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.train import VRMObjective, make_elbo
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
 
 
 def load(name):
+    if str(BENCHMARKS) not in sys.path:  # the scripts import their shared timing module
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(module)
     return module
 
@@ -33,3 +37,27 @@ def test_hand_written_torch_loss_equals_the_pyro_loss():
         pyro_grads = torch.autograd.grad(pyro_loss, list(vrm.parameters()))
         torch_grads = torch.autograd.grad(torch_loss, list(vrm.parameters()))
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(pyro_grads, torch_grads))
+
+
+def test_step_vs_rm_times_the_vrm_objective_and_the_bradley_terry_loss():
+    bench = load("step_vs_rm")
+    batch, num_pairs = bench.simulated_batch(hidden_size=24, batch_size=32, device=torch.device("cpu"))
+    cfg = TrainConfig(sup_loss="mse")
+    steps = bench.frozen_steps(batch, num_pairs, ModelConfig(width=16, depth=1), cfg)
+    vrm, head = steps.vrm_model, steps.reward_head
+    params = {**{f"vrm.{n}": p for n, p in vrm.named_parameters()}, **{f"rm.{n}": p for n, p in head.named_parameters()}}
+    before = {name: p.detach().clone() for name, p in params.items()}
+
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        expected_vrm = VRMObjective(make_elbo(cfg), cfg.lambda_sup, "mse")(
+            vrm.model, vrm.guide, batch, num_pairs=num_pairs, preferences=torch.ones(len(batch.index)))
+        expected_rm = bradley_terry_loss(head(batch.prompt_state, batch.chosen_state),
+                                         head(batch.prompt_state, batch.rejected_state))
+    pyro.set_rng_seed(3)
+    assert torch.equal(steps.vrm(), expected_vrm)
+    assert torch.equal(steps.rm(), expected_rm)
+    unmoved = {name for name, p in params.items() if torch.equal(p, before[name])}
+    # Output biases cancel in r_chosen - r_rejected (a zero or rounding-level gradient).
+    assert unmoved <= {"rm.net.2.bias", "vrm.decoder.bias"}
+    assert len(params) > 10
