@@ -1,10 +1,12 @@
 """The benchmarks' own correctness: what they time must compute the same thing."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pyro
+import pytest
 import torch
 
 from pyro_vrm.baseline import bradley_terry_loss
@@ -61,3 +63,18 @@ def test_step_vs_rm_times_the_vrm_objective_and_the_bradley_terry_loss():
     # Output biases cancel in r_chosen - r_rejected (a zero or rounding-level gradient).
     assert unmoved <= {"rm.net.2.bias", "vrm.decoder.bias"}
     assert len(params) > 10
+
+
+def test_scaling_reports_each_size_from_its_own_process_and_their_quotient(capsys):
+    bench = load("scaling")
+    hidden, sizes = 8, [60, 240]
+    result = bench.main(["--sizes", *map(str, sizes[::-1]), "--hidden-size", str(hidden), "--batch-size", "16",
+                         "--steps", "10", "--device", "cpu", "--threads", "1"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
+    figures = result["sizes"]
+    assert [f["pairs"] for f in figures] == sizes
+    for f in figures:  # each child held N pairs of 3 states (H,) and 2 score vectors (K,), float32
+        assert f["features_mib"] == round(f["pairs"] * (3 * hidden + 2 * bench.NUM_ASPECTS) * 4 / 2**20, 3)
+        assert f["peak_rss_mib"] > 0 and f["step_ms"] > 0
+        assert f["pairs_per_s"] == pytest.approx(16 / (f["step_ms"] / 1e3), rel=1e-3)
+    assert result["ratio"] == round(figures[-1]["pairs_per_s"] / figures[0]["pairs_per_s"], 3)

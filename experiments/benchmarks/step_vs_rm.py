@@ -37,7 +37,7 @@ from pyro_vrm.simulate import SimulationConfig, simulate
 from pyro_vrm.supervision import Standardizer, supervision_target
 from pyro_vrm.train import VRMObjective, make_elbo
 from pyro_vrm.vrm import VRM
-from timing import time_interleaved
+from timing import device_name, time_interleaved
 
 
 @dataclass
@@ -113,16 +113,12 @@ def main(argv=None) -> dict:
         steps = MODES[args.mode](batch, num_pairs, model_config)
         seconds = time_interleaved({"vrm": steps.vrm, "rm": steps.rm}, args.repeats, device=device)
     vrm_s, rm_s = seconds["vrm"], seconds["rm"]
-    result = {"benchmark": "step_vs_rm", "mode": args.mode, "device": _device_name(device),
+    result = {"benchmark": "step_vs_rm", "mode": args.mode, "device": device_name(device),
               "threads": torch.get_num_threads(), "validation": False, "hidden_size": args.hidden_size,
               "batch_size": len(batch.index), "width": model_config.width, "depth": model_config.depth,
               "vrm_ms": round(1e3 * vrm_s, 3), "rm_ms": round(1e3 * rm_s, 3), "ratio": round(vrm_s / rm_s, 3)}
     print(json.dumps(result))
     return result
-
-
-def _device_name(device: torch.device) -> str:
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Interleaved timing shared by the benchmarks: alternating rounds, median of each."""
+"""What the benchmarks share: interleaved timing (alternating rounds, median of each) and devices."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def device_name(device: torch.device | str) -> str:
+    """``cpu``, or ``cuda (<GPU name>)``: what a benchmark's JSON line names as its device."""
+    device = torch.device(device)
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def synchronizer(device: torch.device | str) -> Callable[[], None]:
