@@ -78,3 +78,28 @@ def test_scaling_reports_each_size_from_its_own_process_and_their_quotient(capsy
         assert f["peak_rss_mib"] > 0 and f["step_ms"] > 0
         assert f["pairs_per_s"] == pytest.approx(16 / (f["step_ms"] / 1e3), rel=1e-3)
     assert result["ratio"] == round(figures[-1]["pairs_per_s"] / figures[0]["pairs_per_s"], 3)
+
+
+def test_featurize_flops_per_token_match_a_hand_count():
+    bench = load("featurize_throughput")
+    tiny = bench.qwen3_config("tiny")  # hidden 32, 2 layers, 4 heads (2 kv) of 8, MLP 64
+    per_layer = 32 * 32 + 32 * 16 + 32 * 16 + 32 * 32 + 3 * 32 * 64 + 2 * 32 + 2 * 8  # q k v o, MLP, norms
+    assert bench.non_embedding_parameters(tiny) == 2 * per_layer + 32
+    assert bench.flops_per_token(tiny, context=10) == 2 * (2 * per_layer + 32) + 2 * 2 * 2 * 10 * (4 * 8)
+    model = bench.qwen3_backbone("tiny", max_length=16, batch_size=2, device="cpu").model
+    embedding = model.get_input_embeddings().weight.numel()
+    assert bench.non_embedding_parameters(model.config) == sum(p.numel() for p in model.parameters()) - embedding
+    # The model cards' non-embedding counts: 0.44B and 3.6B.
+    assert round(bench.non_embedding_parameters(bench.qwen3_config("qwen3-0.6b")) / 1e9, 2) == 0.44
+    assert round(bench.non_embedding_parameters(bench.qwen3_config("qwen3-4b")) / 1e9, 1) == 3.6
+
+
+def test_featurize_mfu_charges_the_model_flops_of_the_sequences_fed(capsys):
+    bench = load("featurize_throughput")
+    result = bench.main(["--shape", "tiny", "--pairs", "4", "--max-length", "24", "--device", "cpu"])
+    config = bench.qwen3_config("tiny")
+    assert bench.flops_per_token(config, 1) < result["model_flops_per_token"] <= bench.flops_per_token(config, 24)
+    ours_s = result["tokens"] / result["pyro_vrm_tokens_per_s"]
+    mfu = result["model_flops_per_token"] * result["tokens"] / ours_s / (result["peak_tflops"] * 1e12)
+    assert result["pyro_vrm_mfu"] == pytest.approx(mfu, rel=0.03)  # up to the JSON's rounding
+    assert list(result)[-1] == "ratio"
