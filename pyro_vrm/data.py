@@ -202,7 +202,7 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
             records[column].append(pair[column])
     schema = datasets.Features({column: _FEATURES[column] for column in out}).arrow_schema
     pairs = datasets.Dataset(pa.Table.from_pydict(records, schema=schema))
-    report = LoadReport(source, len(raw), len(pairs), dict(ctx.drops))
+    report = LoadReport(source, len(raw), len(pairs), dict(+ctx.drops))  # + leaves out zero counts
     _log.info("%s", report)
     return pairs, report
 
@@ -223,6 +223,8 @@ def _read(source: str, split: str | None) -> datasets.Dataset:
         return datasets.load_dataset(builder, data_files=str(path), split=split or "train")
     except Exception as exc:
         malformed = _find_malformed_json(source) if builder == "json" else None
+        if malformed is None and builder != "parquet" and not _read_text(source).strip():
+            malformed = DataError(source, "is empty: no rows to read")
         if malformed is not None:
             raise malformed from exc
         raise
@@ -233,10 +235,14 @@ def _rows(raw: datasets.Dataset) -> Iterator[dict[str, Any]]:
         yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
 
 
-def _find_malformed_json(source: str) -> DataError | None:
+def _read_text(source: str) -> str:
     opener: Callable[..., Any] = gzip.open if source.lower().endswith(".gz") else open
     with opener(source, "rt", encoding="utf-8") as f:
-        text = f.read()
+        return f.read()
+
+
+def _find_malformed_json(source: str) -> DataError | None:
+    text = _read_text(source)
     json_lines, row = ".jsonl" in Path(source.lower()).suffixes, 0
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
