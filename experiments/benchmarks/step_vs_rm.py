@@ -101,8 +101,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="CPU threads; 1 avoids OpenMP spinning against other jobs on a shared machine")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads: the heads' matmuls are small, and on a shared machine a second "
+                             "OpenMP thread spins against other jobs (steps 10-100x slower)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
