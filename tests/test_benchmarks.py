@@ -59,6 +59,12 @@ def test_step_vs_rm_times_the_vrm_objective_and_the_bradley_terry_loss():
     pyro.set_rng_seed(3)
     assert torch.equal(steps.vrm(), expected_vrm)
     assert torch.equal(steps.rm(), expected_rm)
+    pyro.set_rng_seed(4)
+    with torch.no_grad():
+        expected_vrm = VRMObjective(make_elbo(cfg), cfg.lambda_sup, "mse")(
+            vrm.model, vrm.guide, batch, num_pairs=num_pairs, preferences=torch.ones(len(batch.index)))
+    pyro.set_rng_seed(4)
+    assert torch.allclose(steps.vrm_by_hand(), expected_vrm, rtol=1e-5)
     unmoved = {name for name, p in params.items() if torch.equal(p, before[name])}
     # Output biases cancel in r_chosen - r_rejected (a zero or rounding-level gradient).
     assert unmoved <= {"rm.net.2.bias", "vrm.decoder.bias"}
