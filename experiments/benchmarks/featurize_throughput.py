@@ -105,7 +105,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repea
             if gpu in name:
                 return peak, f"{gpu} datasheet, dense bf16"
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     best = float("inf")
     for _ in range(repeats + 1):  # the first one warms up
         sync()
