@@ -47,24 +47,25 @@ def test_step_vs_rm_times_the_vrm_objective_and_the_bradley_terry_loss():
     cfg = TrainConfig(sup_loss="mse")
     steps = bench.frozen_steps(batch, num_pairs, ModelConfig(width=16, depth=1), cfg)
     vrm, head = steps.vrm_model, steps.reward_head
-    params = {**{f"vrm.{n}": p for n, p in vrm.named_parameters()}, **{f"rm.{n}": p for n, p in head.named_parameters()}}
+    params = {f"vrm.{n}": p for n, p in vrm.named_parameters()} | {f"rm.{n}": p for n, p in head.named_parameters()}
     before = {name: p.detach().clone() for name, p in params.items()}
 
-    pyro.set_rng_seed(3)
-    with torch.no_grad():
-        expected_vrm = VRMObjective(make_elbo(cfg), cfg.lambda_sup, "mse")(
+    @torch.no_grad()
+    def vrm_loss(seed):
+        pyro.set_rng_seed(seed)
+        loss = VRMObjective(make_elbo(cfg), cfg.lambda_sup, "mse")(
             vrm.model, vrm.guide, batch, num_pairs=num_pairs, preferences=torch.ones(len(batch.index)))
-        expected_rm = bradley_terry_loss(head(batch.prompt_state, batch.chosen_state),
-                                         head(batch.prompt_state, batch.rejected_state))
-    pyro.set_rng_seed(3)
-    assert torch.equal(steps.vrm(), expected_vrm)
-    assert torch.equal(steps.rm(), expected_rm)
-    pyro.set_rng_seed(4)
+        pyro.set_rng_seed(seed)  # the step that follows draws the same samples
+        return loss
+
     with torch.no_grad():
-        expected_vrm = VRMObjective(make_elbo(cfg), cfg.lambda_sup, "mse")(
-            vrm.model, vrm.guide, batch, num_pairs=num_pairs, preferences=torch.ones(len(batch.index)))
-    pyro.set_rng_seed(4)
-    assert torch.allclose(steps.vrm_by_hand(), expected_vrm, rtol=1e-5)
+        rm_loss = bradley_terry_loss(head(batch.prompt_state, batch.chosen_state),
+                                     head(batch.prompt_state, batch.rejected_state))
+    assert torch.equal(steps.rm(), rm_loss)
+    expected = vrm_loss(seed=3)
+    assert torch.equal(steps.vrm(), expected)
+    expected = vrm_loss(seed=4)
+    assert torch.allclose(steps.vrm_by_hand(), expected, rtol=1e-5)
     unmoved = {name for name, p in params.items() if torch.equal(p, before[name])}
     # Output biases cancel in r_chosen - r_rejected (a zero or rounding-level gradient).
     assert unmoved <= {"rm.net.2.bias", "vrm.decoder.bias"}
