@@ -363,12 +363,13 @@ def _parse_ultrafeedback(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str
 
 def _ratings(ctx: _Context, i: int, j: int, completion: dict[str, Any]) -> list[float] | None:
     annotations = completion.get("annotations") or {}
-    ratings = []
+    ratings: list[float | None] = []
     for aspect in ULTRAFEEDBACK_ASPECTS:
         annotation = annotations.get(aspect) if isinstance(annotations, dict) else annotations
         rating = annotation.get("Rating") if isinstance(annotation, dict) else annotation
         if rating is None or rating == "N/A":
-            return None
+            ratings.append(None)  # the completion is left out, but its other ratings are still checked
+            continue
         try:
             value = float(rating)
         except (TypeError, ValueError):
@@ -377,7 +378,7 @@ def _ratings(ctx: _Context, i: int, j: int, completion: dict[str, Any]) -> list[
             raise ctx.error(f"must be a rating 1..5 or 'N/A', got {rating!r:.60}",
                             i, f"completions[{j}].annotations.{aspect}.Rating")
         ratings.append(value)
-    return ratings
+    return None if None in ratings else ratings
 
 
 _PARSERS: dict[str, Callable[[_Context, int, dict[str, Any]], dict[str, Any] | None]] = {

@@ -211,6 +211,13 @@ def test_ultrafeedback_rating_outside_1_to_5_is_an_error(tmp_path, rating):
         load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
 
 
+def test_ultrafeedback_rating_outside_1_to_5_is_an_error_beside_an_na_rating(tmp_path):
+    rows = [{"instruction": "i", "completions": [
+        completion("a", "5", "5", "5", "5"), completion("b", "N/A", "1", "9", "1")]}]
+    with pytest.raises(DataError, match=r"row 0, field 'completions\[1\]\.annotations\.honesty\.Rating'"):
+        load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
+
+
 def test_ultrafeedback_has_four_aspects(tmp_path):
     with pytest.raises(DataError, match=r"row 0, field 'scores_chosen': has 4 aspect scores, expected 3"):
         load_preferences(write_jsonl(tmp_path / "uf.jsonl", ULTRAFEEDBACK), num_aspects=3)

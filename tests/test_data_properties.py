@@ -224,9 +224,9 @@ def ultrafeedback_record(draw, bad):
     elif kind == "completions":
         record["completions"] = draw(st.sampled_from(["text", 3, [1, 2]]))
     else:
-        j = draw(st.integers(0, len(completions) - 1))
-        rating = draw(st.sampled_from(["0", "6", "five", "-1"]))
-        record["completions"][j]["annotations"] = {a: {"Rating": rating} for a in ULTRAFEEDBACK_ASPECTS}
+        j = draw(st.integers(0, len(completions) - 1))  # one rating out of range, whatever the others
+        aspect = draw(st.sampled_from(ULTRAFEEDBACK_ASPECTS))
+        record["completions"][j]["annotations"][aspect] = {"Rating": draw(st.sampled_from(["0", "6", "five", "-1"]))}
     return record, BAD
 
 
