@@ -60,6 +60,8 @@ DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12}  # FLOP/s, SXM, tensor cores 
 
 
 def qwen3_config(shape: str) -> Qwen3Config:
+    # No KV cache: a feature pass never decodes (the hub configs say use_cache=True, and
+    # Backbone does not turn it off, so a hub model also fills a cache it never reads).
     return Qwen3Config(**QWEN3_SHAPES[shape], tie_word_embeddings=True, use_cache=False)
 
 
