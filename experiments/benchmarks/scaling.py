@@ -1,9 +1,10 @@
 """VRM training on cached features as the data set grows: step throughput and peak memory.
 
 For each data-set size N (default 4,000, 40,000 and 400,000 pairs of random hidden states,
-H = 384 as MiniLM's, with K = 4 aspect scores so the supervision term is on), the training
-step of ``fit_vrm`` (a minibatch drawn from a fresh permutation each epoch, ``SVI`` with
-``VRMObjective`` and ClippedAdam) runs a fixed number of steps at a fixed batch size. The
+H = 384 as MiniLM's, with K = 4 aspect scores so the supervision term is on), the step that
+``fit_vrm`` takes (a minibatch from ``minibatches``, ``SVI`` with ``VRMObjective`` and
+ClippedAdam), written out here so that it runs on any device, is repeated a fixed number of
+times at a fixed batch size. The
 timed steps come in chunks, and the median chunk gives the step time (so a burst of load from
 other jobs hits one chunk, not the figure). Each N runs in a fresh subprocess, so that its peak
 memory (``ru_maxrss``, and ``torch.cuda.max_memory_allocated`` on CUDA) is that size's alone.
