@@ -4,9 +4,8 @@ For each data-set size N (default 4,000, 40,000 and 400,000 pairs of random hidd
 H = 384 as MiniLM's, with K = 4 aspect scores so the supervision term is on), the step that
 ``fit_vrm`` takes (a minibatch from ``minibatches``, ``SVI`` with ``VRMObjective`` and
 ClippedAdam), written out here so that it runs on any device, is repeated a fixed number of
-times at a fixed batch size. The
-timed steps come in chunks, and the median chunk gives the step time (so a burst of load from
-other jobs hits one chunk, not the figure). Each N runs in a fresh subprocess, so that its peak
+times at a fixed batch size. The timed steps come in chunks, and the median chunk gives the step
+time (so a burst of load from other jobs hits one chunk, not the figure). Each N runs in a fresh subprocess, so that its peak
 memory (``ru_maxrss``, and ``torch.cuda.max_memory_allocated`` on CUDA) is that size's alone.
 A step's cost should not depend on N (the plate subsamples; only the data's memory grows).
 Prints one JSON line ending with ``"ratio": pairs/s at the largest N / pairs/s at the smallest``
