@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import pyro
 import torch
@@ -26,6 +24,7 @@ from pyro_vrm.simulate import SimulationConfig, simulate
 from pyro_vrm.supervision import Standardizer, supervision_loss, supervision_target
 from pyro_vrm.train import VRMObjective, make_elbo
 from pyro_vrm.vrm import VRM
+from timing import time_interleaved
 
 
 def torch_loss(vrm: VRM, batch, num_pairs: int, lambda_sup: float, sup_loss: str) -> torch.Tensor:
@@ -61,22 +60,6 @@ def setup(batch_size: int, seed: int = 0):
     vrm = VRM(ModelConfig(), train.hidden_size, train.num_aspects)
     index = torch.arange(min(batch_size, len(train)))
     return vrm, train.batch(index, target), len(train)
-
-
-def time_interleaved(steps: dict, repeats: int, rounds: int = 20) -> dict:
-    """Median seconds per step of each callable, timed in alternating rounds so that a change
-    in machine load hits both alike."""
-    for step in steps.values():  # warm-up
-        for _ in range(10):
-            step()
-    per_round = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(max(1, repeats // rounds)):
-                step()
-            per_round[name].append((time.perf_counter() - start) / max(1, repeats // rounds))
-    return {name: statistics.median(times) for name, times in per_round.items()}
 
 
 def main(argv=None) -> dict:
