@@ -2,8 +2,8 @@
 
 For each data-set size N (default 4,000, 40,000 and 400,000 pairs of random hidden states,
 H = 384 as MiniLM's, with K = 4 aspect scores so the supervision term is on), the step that
-``fit_vrm`` takes (a minibatch from ``minibatches``, ``SVI`` with ``VRMObjective`` and
-ClippedAdam), written out here so that it runs on any device, is repeated a fixed number of
+``fit_vrm`` takes (a minibatch from ``minibatches``, ``VRMLoss`` forward and backward, a
+ClippedAdam step), written out here so that it runs on any device, is repeated a fixed number of
 times at a fixed batch size. The timed steps come in chunks, and the median chunk gives the step
 time (so a burst of load from other jobs hits one chunk, not the figure). Each N runs in a fresh subprocess, so that its peak
 memory (``ru_maxrss``, and ``torch.cuda.max_memory_allocated`` on CUDA) is that size's alone.
@@ -27,12 +27,11 @@ import time
 
 import pyro
 import torch
-from pyro.infer import SVI
-from pyro.optim import ClippedAdam
+from pyro.optim.clipped_adam import ClippedAdam
 
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.features import PreferenceFeatures
-from pyro_vrm.train import VRMObjective, make_elbo, minibatches, supervision_setup
+from pyro_vrm.train import VRMLoss, VRMObjective, make_elbo, minibatches, supervision_setup
 from pyro_vrm.vrm import VRM
 from timing import device_name, synchronizer
 
@@ -56,14 +55,15 @@ def one_size(num_pairs: int, hidden_size: int, batch_size: int, steps: int, devi
     pyro.clear_param_store()
     vrm = VRM(ModelConfig(), hidden_size, NUM_ASPECTS).to(device)
     _, targets = supervision_setup(train, cfg)
-    svi = SVI(vrm.model, vrm.guide, ClippedAdam({"lr": cfg.lr, "clip_norm": cfg.clip_norm}),
-              loss=VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss))
-    preferences = torch.ones(min(batch_size, num_pairs), device=device)
+    loss = VRMLoss(vrm, VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss))
+    optimizer = ClippedAdam(vrm.parameters(), lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps), clip_norm=cfg.clip_norm)
     warmup, chunk = max(1, steps // 10), max(1, steps // CHUNKS)
     batches = minibatches(num_pairs, batch_size, warmup + chunk * CHUNKS, cfg.seed)
 
     def step():
-        svi.step(train.batch(next(batches).to(device), targets), num_pairs=num_pairs, preferences=preferences)
+        loss(train.batch(next(batches).to(device), targets), num_pairs).backward()
+        optimizer.step()
+        optimizer.zero_grad()
 
     sync = synchronizer(device)
     for _ in range(warmup):
@@ -81,7 +81,7 @@ def one_size(num_pairs: int, hidden_size: int, batch_size: int, steps: int, devi
                                                           train.rejected_state, train.chosen_scores,
                                                           train.rejected_scores))
     figures = {"pairs": num_pairs, "step_ms": round(1e3 * seconds, 3),
-               "pairs_per_s": round(len(preferences) / seconds, 1),
+               "pairs_per_s": round(min(batch_size, num_pairs) / seconds, 1),
                "features_mib": round(features / 2**20, 3),
                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
     if device.type == "cuda":
