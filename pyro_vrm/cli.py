@@ -258,6 +258,7 @@ def ppo_command(args: argparse.Namespace) -> dict:
     prompts before and after, and the share of them that carry simulated-text's filler."""
     import time
 
+    from .pipeline import ppo_prompts
     from .ppo import PPOTrainer
     from .runs import RunDir, new_run_dir
     from .simulated_text import FILLER, TextSimulationConfig, simulate_text
@@ -269,7 +270,7 @@ def ppo_command(args: argparse.Namespace) -> dict:
         torch.set_num_threads(1)
     reward_model = _ppo_reward(args.reward)
     text = simulate_text(TextSimulationConfig(seed=ppo_config.seed)).to_dict()
-    train_prompts, held_prompts = _ppo_prompts(args.prompts, text, ppo_config.seed)
+    train_prompts, held_prompts = ppo_prompts(args.prompts, text, ppo_config.seed)
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
     run.write_json("config.json", {"command": "ppo", "reward": str(args.reward or PPO_DEMO_REWARD),
                                    "policy": args.policy, "prompts": args.prompts, "ppo_config": asdict(ppo_config),
@@ -311,34 +312,6 @@ def _ppo_reward(path: Path | None):
         return VRMRewardModel.from_run(path)
     raise ConfigError(f"--reward {path}: neither a save_pretrained folder (model.safetensors) nor a "
                       "pyro-vrm train run folder (checkpoint/)")
-
-
-def _ppo_prompts(path: Path | None, text: dict, seed: int) -> tuple[list[str], list[str]]:
-    """(training prompts, held prompts): simulated-text's train and test prompts, or a file's
-    prompts with a seeded fifth held out."""
-    import torch
-
-    if path is None:
-        return [list(dict.fromkeys(p for p, s in zip(text["prompt"], text["split"]) if s == split))
-                for split in ("train", "test")]
-    if not path.exists():
-        raise ConfigError(f"--prompts {path}: no such file")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(lines, 1):
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise ConfigError(f"--prompts {path}, line {number}: needs a string field 'prompt'")
-            prompts.append(record["prompt"])
-    else:
-        prompts = lines
-    if len(prompts) < 2:
-        raise ConfigError(f"--prompts {path}: needs at least 2 prompts (one to train on, one held), "
-                          f"found {len(prompts)}")
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = max(1, len(prompts) // 5)
-    return [prompts[i] for i in order[held:]], [prompts[i] for i in order[:held]]
 
 
 def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str]):

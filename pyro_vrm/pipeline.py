@@ -6,6 +6,7 @@ The command line and the experiment scripts share these steps.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from .backbone import Backbone
 from .config import BackboneConfig, ConfigError
 from .features import PreferenceFeatures, split_by_prompt
 
-__all__ = ["load_text_pairs", "load_backbone", "text_features", "load_text_features", "split_index", "split_text"]
+__all__ = ["load_text_pairs", "load_backbone", "text_features", "load_text_features", "split_index", "split_text",
+           "ppo_prompts"]
 
 
 def load_text_pairs(data: str, split: str | None = None, layout: str | None = None,
@@ -88,3 +90,32 @@ def split_text(pairs: datasets.Dataset, table, test_fraction: float, seed: int):
                    "rejected_reward": "reward_rejected"}
         truth = {split: {k: torch.tensor(pairs[c])[i] for k, c in columns.items()} for split, i in index.items()}
     return {name: table.select(i) for name, i in index.items()}, truth
+
+
+def ppo_prompts(path: Path | None, text: dict, seed: int) -> tuple[list[str], list[str]]:
+    """(training prompts, held prompts): simulated-text's train and test prompts, or a file's
+    prompts with a seeded fifth held out."""
+    if path is None:
+        return [list(dict.fromkeys(p for p, s in zip(text["prompt"], text["split"]) if s == split))
+                for split in ("train", "test")]
+    if not path.exists():
+        raise ConfigError(f"--prompts {path}: no such file")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"--prompts {path}, line {number}: not JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise ConfigError(f"--prompts {path}, line {number}: needs a string field 'prompt'")
+            prompts.append(record["prompt"])
+    else:
+        prompts = lines
+    if len(prompts) < 2:
+        raise ConfigError(f"--prompts {path}: needs at least 2 prompts (one to train on, one held), "
+                          f"found {len(prompts)}")
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(1, len(prompts) // 5)
+    return [prompts[i] for i in order[held:]], [prompts[i] for i in order[:held]]

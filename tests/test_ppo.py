@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pyro_vrm import simulated_text
-from pyro_vrm.cli import _ppo_prompts, main
+from pyro_vrm.cli import main
+from pyro_vrm.pipeline import ppo_prompts
 from pyro_vrm.config import ConfigError
 from pyro_vrm.policy import TinyPolicyConfig, tiny_policy
 from pyro_vrm.ppo import (KLController, PPOConfig, PPOTrainer, RunningMoments, gae, masked_whiten, policy_loss,
@@ -188,12 +189,15 @@ def test_reward_fn_of_the_wrong_shape_is_named():
 def test_prompts_files(tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("one\n\ntwo\nthree\nfour\nfive\n")
-    train, held = _ppo_prompts(text, {}, seed=0)
+    train, held = ppo_prompts(text, {}, seed=0)
     assert sorted(train + held) == ["five", "four", "one", "three", "two"] and len(held) == 1
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
     with pytest.raises(ConfigError, match="line 2: needs a string field 'prompt'"):
-        _ppo_prompts(bad, {}, seed=0)
+        ppo_prompts(bad, {}, seed=0)
+    bad.write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    with pytest.raises(ConfigError, match="line 2: not JSON"):
+        ppo_prompts(bad, {}, seed=0)
 
 
 def test_a_folder_that_is_no_reward_model_is_named(tmp_path, capsys):
