@@ -28,12 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError, _help, _positive
+
 __all__ = ["PPOConfig", "KLController", "RunningMoments", "PolicyWithValue", "PPOTrainer", "masked_mean", "masked_whiten",
            "token_rewards", "gae", "policy_loss", "value_loss"]
-
-
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,6 @@ class PPOConfig:
     seed: int = field(default=0, metadata=_help("seed of sampling and initialisation"))
 
     def __post_init__(self):
-        from .config import ConfigError, _positive
-
         _positive(self, "steps", "rollouts_per_step", "minibatch_size", "ppo_epochs", "lr", "max_new_tokens",
                   "temperature", "kl_horizon", "kl_bound", "clip_range", "clip_range_value",
                   "max_grad_norm", "lora_rank", "lora_alpha", "eval_rollouts")
