@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vrm.baseline import fit_reward_model  # noqa: E402
-from pyro_vrm.cli import load_text_features, split_text  # noqa: E402
+from pyro_vrm.config import BackboneConfig  # noqa: E402
+from pyro_vrm.pipeline import load_text_features, split_text  # noqa: E402
 from pyro_vrm.config import ModelConfig, TrainConfig  # noqa: E402
 from pyro_vrm.evaluate import pearson, predict  # noqa: E402
 from pyro_vrm.posterior import reward_posterior  # noqa: E402
@@ -56,9 +57,8 @@ def load(args) -> dict:
     data = str(HH) if args.data == "hh" else args.data
     if args.data == "hh" and not HH.exists():
         sys.exit(f"--data hh needs {HH}, which is absent")
-    source = argparse.Namespace(data=data, split=None, layout=None, cache_dir=args.cache_dir, sim_seed=0,
-                                backbone=args.backbone, max_length=args.max_length, feature_batch_size=32)
-    pairs, features, _ = load_text_features(source)
+    backbone = BackboneConfig(backbone=args.backbone, max_length=args.max_length)
+    pairs, features, _ = load_text_features(data, backbone, args.cache_dir)
     splits, truth = split_text(pairs, features, test_fraction=0.2, seed=0)
     return {**splits, "pairs": pairs, "truth": truth}
 

@@ -12,18 +12,16 @@ from dataclasses import asdict
 
 import pyro
 import torch
-from pyro.optim.clipped_adam import ClippedAdam
 from torch import nn
 from torch.nn.functional import logsigmoid
-from tqdm.auto import tqdm
 
 from .config import ModelConfig, TrainConfig
-from .features import PreferenceFeatures
+from .features import PairBatch, PreferenceFeatures
 from .guide import mlp
+from .loop import Checkpointing, optimize, seed_everything
 from .runs import RunDir
-from .train import NonFiniteLoss, minibatches, seed_everything
 
-__all__ = ["RewardHead", "fit_reward_model", "bradley_terry_loss", "load_reward_model"]
+__all__ = ["RewardHead", "BradleyTerryLoss", "fit_reward_model", "bradley_terry_loss", "load_reward_model"]
 
 
 class RewardHead(nn.Module):
@@ -42,45 +40,47 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     return -logsigmoid(r_chosen - r_rejected).mean()
 
 
+class BradleyTerryLoss(nn.Module):
+    """``forward(batch, num_pairs)``: the Bradley-Terry loss of ``head`` on the batch; the
+    rewards of the last call stay in ``rewards`` (for metrics)."""
+
+    def __init__(self, head: RewardHead):
+        super().__init__()
+        self.head = head
+        self.rewards: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, batch: PairBatch, num_pairs: int) -> torch.Tensor:
+        r_chosen = self.head(batch.prompt_state, batch.chosen_state)
+        r_rejected = self.head(batch.prompt_state, batch.rejected_state)
+        self.rewards = (r_chosen.detach(), r_rejected.detach())
+        return bradley_terry_loss(r_chosen, r_rejected)
+
+    def metrics(self) -> dict:
+        r_chosen, r_rejected = self.rewards
+        margin = r_chosen - r_rejected
+        return {"loss": float(-logsigmoid(margin).mean()), "accuracy": float((margin > 0).float().mean()),
+                "margin": float(margin.mean()), "mean_reward": float(torch.cat([r_chosen, r_rejected]).mean())}
+
+
 def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
                      train_config: TrainConfig = TrainConfig(), run: RunDir | None = None,
-                     progress: bool = True, monitor: Callable[[RewardHead], dict] | None = None) -> RewardHead:
-    """Fit the Bradley-Terry head to ``train``; write metrics and checkpoints to ``run``.
+                     progress: bool = True, monitor: Callable[[RewardHead], dict] | None = None,
+                     resume: bool = False) -> RewardHead:
+    """Fit the Bradley-Terry head to ``train`` with the loop, minibatches and optimizer VRM uses
+    (``train``: cached states, or TextPairs whose LoRA adapters train with the head); write
+    metrics and checkpoints to ``run`` (``resume``: go on from its checkpoint).
     ``monitor(head)`` adds its metrics to every logged record, as in :func:`fit_vrm`."""
     cfg = train_config
     seed_everything(cfg.seed)
     head = RewardHead(train.hidden_size, model_config.width, model_config.depth)
     pyro.module("reward_head", head)  # its parameters live in the param store, as VRM's do
-    optim = ClippedAdam(head.parameters(), lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps),
-                        clip_norm=cfg.clip_norm)
-    checkpoint_config = {"kind": "rm", "model": asdict(model_config), "train": asdict(cfg),
-                         "hidden_size": train.hidden_size}
+    checkpointing = None
     if run is not None:
-        run.start_metrics()
-    bar = tqdm(total=cfg.steps, disable=not progress, desc="bradley-terry", mininterval=1.0)
-    for step, index in enumerate(minibatches(len(train), cfg.batch_size, cfg.steps, cfg.seed), 1):
-        batch = train.batch(index)
-        r_chosen = head(batch.prompt_state, batch.chosen_state)
-        r_rejected = head(batch.prompt_state, batch.rejected_state)
-        loss = bradley_terry_loss(r_chosen, r_rejected)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at step {step}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            margin = (r_chosen - r_rejected).detach()
-            record = {"step": step, "loss": loss.item(), "accuracy": float((margin > 0).float().mean()),
-                      "margin": float(margin.mean()),
-                      "mean_reward": float(torch.cat([r_chosen, r_rejected]).detach().mean()),
-                      **(monitor(head) if monitor else {})}
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-            if run is not None:
-                run.log_metrics(record)
-        if run is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            run.save_checkpoint(checkpoint_config, head)
-        bar.update()
-    bar.close()
+        config = {"kind": "rm", "model": asdict(model_config), "train": asdict(cfg), "hidden_size": train.hidden_size}
+        checkpointing = Checkpointing(run, config, head, resume=resume)
+    loss = BradleyTerryLoss(head)
+    optimize(loss, train, cfg, checkpointing=checkpointing, metrics=lambda batch: loss.metrics(),
+             progress=progress, monitor=(lambda: monitor(head)) if monitor else None, desc="bradley-terry")
     return head
 
 

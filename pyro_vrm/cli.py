@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vrm train``, ``featurize``, ``evaluate`` and ``diagnose``.
+"""Command line: ``pyro-vrm train``, ``featurize``, ``evaluate``, ``diagnose`` and ``ppo``.
 
 Flags are generated from the configuration dataclasses, so each default lives in one place.
 """
@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import BackboneConfig, ConfigError, ModelConfig, TrainConfig, add_arguments, from_arguments
+from .config import (BackboneConfig, ConfigError, FinetuneConfig, ModelConfig, TrainConfig, add_arguments,
+                     from_arguments)
+from .policy import TinyPolicyConfig
+from .ppo import PPOConfig
 from .simulate import SimulationConfig
 
 __all__ = ["main", "build_parser"]
 
+PPO_DEMO_REWARD = Path("runs/vrm-simulated-text")
 DATA_HELP = ("'simulated' (hidden states drawn from the VRM model), 'simulated-text' (generated "
              "preference text, see simulated_text.py), a local .jsonl/.json/.parquet/.csv[.gz] file, "
              "or a hub id such as openbmb/UltraFeedback")
@@ -41,12 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vrm: the variational reward model; rm: the Bradley-Terry baseline")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", action="store_true",
+                       help="go on from the checkpoint in --out, with the same flags: a run stopped by SIGTERM "
+                            "or killed ends as the uninterrupted run would")
     train.add_argument("--test-fraction", type=float, default=0.2,
                        help="share of prompts held out for testing, when the data has no split of its own")
     train.add_argument("--sim-seed", type=int, default=SimulationConfig().seed,
                        help="seed of the simulated data and of the train/test split (kept apart from --seed)")
     add_arguments(train, TrainConfig)
     add_arguments(train, ModelConfig)
+    add_arguments(train, FinetuneConfig)
 
     featurize = commands.add_parser("featurize", help="compute (or find cached) hidden states of a data set")
     _data_arguments(featurize, default="simulated-text")
@@ -66,88 +75,70 @@ def build_parser() -> argparse.ArgumentParser:
                           help="draws from the guide per pair (default: that of pyro_vrm.diagnostics.diagnose)")
     diagnose.add_argument("--nuts-pairs", type=int, default=None,
                           help="test pairs sampled by NUTS (default: that of pyro_vrm.diagnostics.diagnose)")
+
+    ppo = commands.add_parser("ppo", help="PPO of a causal LM policy against a VRM's posterior-mean reward "
+                              "(no arguments: the offline demonstration on simulated-text)")
+    ppo.add_argument("--reward", type=Path, default=None,
+                     help="a pyro-vrm train run folder on text data or a save_pretrained folder (default: "
+                          f"{PPO_DEMO_REWARD}, fitted on simulated-text first if it holds no finished run)")
+    ppo.add_argument("--policy", default=None, help="a transformers causal LM id or folder (default: a tiny "
+                     "word-level Llama built in code and warm-started on simulated-text responses)")
+    ppo.add_argument("--prompts", type=Path, default=None, help="prompts, one per line (.txt) or a 'prompt' "
+                     "field per line (.jsonl); a fifth are held out (default: simulated-text's train and test prompts)")
+    ppo.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
+    ppo.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(ppo, PPOConfig)
+    add_arguments(ppo, TinyPolicyConfig)
     return parser
 
 
-def load_text_features(args: argparse.Namespace):
-    """(pairs, features, record) for a text source: the validated pairs (a datasets.Dataset),
-    their hidden states through the feature cache, and what the load and the cache did."""
-    from .data import load_preferences
-    from .featurize import featurize
-    from .simulated_text import TextSimulationConfig, simulate_text
-
-    if args.data == "simulated-text":
-        pairs, report = simulate_text(TextSimulationConfig(seed=getattr(args, "sim_seed", 0))), None
-    else:
-        pairs, report = load_preferences(args.data, split=args.split, layout=args.layout)
-    backbone = _backbone(asdict(from_arguments(BackboneConfig, args)))
-    result = featurize(pairs, backbone, args.cache_dir)
-    record = {"cache": str(result.path), "from_cache": result.from_cache, "pairs": len(pairs),
-              "hidden_size": result.features.hidden_size, "tokens": result.num_tokens,
-              "load_report": None if report is None else str(report)}
-    return pairs, result.features, record
+def _text_source(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`pyro_vrm.pipeline.load_text_pairs` given on the command line."""
+    return {"data": args.data, "split": args.split, "layout": args.layout, "sim_seed": getattr(args, "sim_seed", 0)}
 
 
-def split_index(pairs, features, test_fraction: float, seed: int) -> dict:
-    """Row indices per split: the data's own ``split`` column (train, test and any other, such
-    as simulated-text's shifted split), or a split of the prompts into train and test."""
-    import torch
-
-    from .features import split_by_prompt
-
-    if "split" in pairs.column_names:
-        names = pairs["split"]
-        index = {name: torch.tensor([i for i, s in enumerate(names) if s == name]) for name in dict.fromkeys(names)}
-        if not {"train", "test"} <= set(index):
-            raise ConfigError(f"the data's split column needs 'train' and 'test' rows, found {sorted(index)}")
-    else:
-        index = split_by_prompt(features.prompt_id, test_fraction, seed)
-    return index
-
-
-def split_text(pairs, features, test_fraction: float, seed: int):
-    """(splits, truth) of :func:`split_index`, with the simulator's truth when it has one."""
-    import torch
-
-    index = split_index(pairs, features, test_fraction, seed)
-    truth = None
-    if "weights" in pairs.column_names:  # simulated text keeps its truth
-        columns = {"objective_weights": "weights", "chosen_reward": "reward_chosen",
-                   "rejected_reward": "reward_rejected"}
-        truth = {split: {k: torch.tensor(pairs[c])[i] for k, c in columns.items()} for split, i in index.items()}
-    return {name: features.select(i) for name, i in index.items()}, truth
-
-
-def train_command(args: argparse.Namespace) -> dict:
+def train_command(args: argparse.Namespace) -> dict | None:
+    """Fit, summarize, write the run folder. Under ``accelerate launch`` every process trains its
+    share; the main process alone writes and returns the summary (the others return None)."""
     # Heavy imports here, so that `pyro-vrm --help` and argument errors answer at once.
     from .baseline import fit_reward_model
     from .evaluate import summarize_reward_model, summarize_vrm
+    from .loop import process_state
     from .runs import RunDir, new_run_dir
     from .simulate import simulate
     from .train import fit_vrm
 
+    state = process_state()
+    if args.out is None and (args.resume or state.num_processes > 1):
+        raise ConfigError("name the run folder with --out to --resume a run or to train on several processes")
     model_config, train_config = from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+    finetune = from_arguments(FinetuneConfig, args)
     config = {"command": "train", "data": args.data, "model": args.model, "split": args.split,
               "layout": args.layout, "sim_seed": args.sim_seed, "test_fraction": args.test_fraction,
               "model_config": asdict(model_config), "train_config": asdict(train_config)}
     if args.data == "simulated":
+        if finetune.finetune != "none":
+            raise ConfigError("--finetune needs text data: --data simulated has hidden states only")
         data = simulate(SimulationConfig(seed=args.sim_seed))
         train, test, truth, extra = data.train, data.test, data.truth, {}
         config["simulation"] = asdict(data.config)
+        evaluation = lambda: (train, test, extra)  # noqa: E731
     else:
-        pairs, features, record = load_text_features(args)
-        splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
-        train, test = splits.pop("train"), splits.pop("test")
-        extra = splits
-        config["backbone_config"] = asdict(from_arguments(BackboneConfig, args))
-        config["features"] = record
+        train, evaluation, truth = _text_training(args, state, config, finetune)
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
-    run.write_json("config.json", config)
+    if state.is_main_process:
+        run.write_json("config.json", config)
+    fit = {"run": run, "progress": not args.quiet, "resume": args.resume}
     if args.model == "vrm":
-        vrm, standardizer = fit_vrm(train, model_config, train_config, run=run, progress=not args.quiet)
+        vrm, standardizer = fit_vrm(train, model_config, train_config, **fit)
+    else:
+        head = fit_reward_model(train, model_config, train_config, **fit)
+    if not state.is_main_process:
+        return None
+    train, test, extra = evaluation()
+    if args.model == "vrm":
         summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
     else:
-        head = fit_reward_model(train, model_config, train_config, run=run, progress=not args.quiet)
         summary = summarize_reward_model(head, train, test, truth, extra)
     summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                     "run_dir": str(run.path)})
@@ -155,11 +146,48 @@ def train_command(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _text_training(args: argparse.Namespace, state, config: dict, finetune: FinetuneConfig):
+    """(training table, evaluation() -> (train, test, other splits) as hidden states, truth) for
+    text data; records the backbone and features in ``config``. With a frozen backbone the tables
+    are cached states; with ``--finetune lora`` training reads text through the LoRA backbone,
+    and evaluation featurizes every pair through the trained one."""
+    from .pipeline import load_backbone, load_text_pairs, split_text, text_features
+
+    backbone_config = from_arguments(BackboneConfig, args)
+    config["backbone_config"], config["finetune_config"] = asdict(backbone_config), asdict(finetune)
+    with state.main_process_first():  # the main process fills the caches, the others read them
+        pairs, report = load_text_pairs(**_text_source(args))
+        backbone = load_backbone(backbone_config)
+        if finetune.finetune == "none":
+            features, config["features"] = text_features(pairs, backbone, args.cache_dir, report)
+    if finetune.finetune == "none":
+        splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
+        return splits["train"], lambda: _without_train(splits), truth
+
+    from .finetune import TextPairs, add_lora
+
+    backbone = add_lora(backbone, finetune.lora_rank, finetune.lora_alpha, finetune.lora_dropout)
+    splits, truth = split_text(pairs, TextPairs.from_dataset(pairs, backbone), args.test_fraction, args.sim_seed)
+
+    def evaluation():
+        features, config["features"] = text_features(pairs, backbone, args.cache_dir, report)
+        return _without_train(split_text(pairs, features, args.test_fraction, args.sim_seed)[0])
+
+    return splits["train"], evaluation, truth
+
+
+def _without_train(splits: dict) -> tuple:
+    """(train, test, the other splits) of a dict of splits."""
+    others = {k: v for k, v in splits.items() if k not in ("train", "test")}
+    return splits["train"], splits["test"], others
+
+
 def evaluate_command(args: argparse.Namespace) -> dict:
     """Evaluate a run on its own test split(s) or on ``--data``; write eval.json and reliability.png."""
     from .baseline import load_reward_model
     from .evaluate import evaluate_predictions, hack_rate, predict
     from .metrics import plot_reliability
+    from .pipeline import load_backbone, load_text_pairs, split_index, text_features
     from .runs import RunDir
     from .simulate import simulate
     from .train import load_vrm
@@ -176,14 +204,15 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     if data == "simulated":
         tables = {"test": (simulate(SimulationConfig(**config["simulation"])).test, None)}
     else:
-        source = argparse.Namespace(
-            data=data, split=args.split if args.data else config.get("split"),
-            layout=args.layout if args.data else config.get("layout"), cache_dir=args.cache_dir,
-            sim_seed=config.get("sim_seed", 0), **config["backbone_config"])
-        pairs, features, _ = load_text_features(source)
+        pairs, _ = load_text_pairs(data, split=args.split if args.data else config.get("split"),
+                                   layout=args.layout if args.data else config.get("layout"),
+                                   sim_seed=config.get("sim_seed", 0))
+        backbone = load_backbone(config["backbone_config"], config.get("finetune_config"),
+                                 run.checkpoint_state().get("adapters"))
+        features, _ = text_features(pairs, backbone, args.cache_dir)
         subsets = list(pairs["subset"]) if "subset" in pairs.column_names else None
         if data == config["data"]:
-            index = split_index(pairs, features, config.get("test_fraction", 0.2), config.get("sim_seed", 0))
+            index = split_index(pairs, features.prompt_id, config.get("test_fraction", 0.2), config.get("sim_seed", 0))
             index.pop("train")
         else:
             index = {"test": torch.arange(len(pairs))}
@@ -193,7 +222,6 @@ def evaluate_command(args: argparse.Namespace) -> dict:
             from .featurize import featurize
             from .simulated_text import FILLER
 
-            backbone = _backbone(config["backbone_config"])
             test_pairs = pairs.select(index["test"].tolist())
             result["reward_hacking"] = hack_rate(
                 model, test_pairs, lambda p: featurize(p, backbone, args.cache_dir).features, FILLER)
@@ -207,13 +235,6 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     plot_reliability(calibrations, run.path / "reliability.png", title=f"{config['model']}: P(chosen wins)")
     run.write_json("eval.json", result)
     return result
-
-
-def _backbone(backbone_config: dict):
-    from .backbone import Backbone
-
-    cfg = BackboneConfig(**backbone_config)
-    return Backbone.from_pretrained(cfg.backbone, cfg.max_length, cfg.feature_batch_size)
 
 
 def diagnose_command(args: argparse.Namespace) -> dict:
@@ -232,20 +253,108 @@ def diagnose_command(args: argparse.Namespace) -> dict:
         raise ConfigError(str(err)) from err
 
 
+def ppo_command(args: argparse.Namespace) -> dict:
+    """PPO against a VRM reward; summary.json holds the reward and KL of fresh rollouts on held
+    prompts before and after, and the share of them that carry simulated-text's filler."""
+    import time
+
+    from .pipeline import ppo_prompts
+    from .ppo import PPOTrainer
+    from .runs import RunDir, new_run_dir
+    from .simulated_text import FILLER, TextSimulationConfig, simulate_text
+
+    import torch
+
+    started, ppo_config = time.time(), from_arguments(PPOConfig, args)
+    if args.policy is None:  # tiny matrices: a second thread costs more in synchronisation than it gains
+        torch.set_num_threads(1)
+    reward_model = _ppo_reward(args.reward)
+    text = simulate_text(TextSimulationConfig(seed=ppo_config.seed)).to_dict()
+    train_prompts, held_prompts = ppo_prompts(args.prompts, text, ppo_config.seed)
+    run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
+    run.write_json("config.json", {"command": "ppo", "reward": str(args.reward or PPO_DEMO_REWARD),
+                                   "policy": args.policy, "prompts": args.prompts, "ppo_config": asdict(ppo_config),
+                                   "policy_config": asdict(from_arguments(TinyPolicyConfig, args))})
+    policy, tokenizer, warm_start_loss = _ppo_policy(args, text, train_prompts + held_prompts)
+    trainer = PPOTrainer(policy, tokenizer, reward_model.score, ppo_config)
+    held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
+    summary = {}
+    for when in ("start", "end"):
+        if when == "end":
+            trainer.train(train_prompts, run=run, progress=not args.quiet)
+        rollouts, figures = trainer.evaluate(held)
+        summary.update({f"{name}_{when}": value for name, value in figures.items()})
+        summary[f"filler_rate_{when}"] = sum(FILLER in c for c in rollouts.completions) / len(held)
+        summary[f"completion_words_{when}"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
+        summary[f"examples_{when}"] = [{"prompt": p, "completion": c}
+                                       for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
+    summary["reward_se"] = summary.pop("reward_se_start")
+    summary.update({"rise_in_se": (summary["reward_end"] - summary["reward_start"]) / summary["reward_se"],
+                    "kl_bound": ppo_config.kl_bound, "kl_within_bound": summary["kl_end"] < ppo_config.kl_bound,
+                    "held_rollouts": len(held), "warm_start_loss": warm_start_loss,
+                    "seconds": round(time.time() - started, 1), "run_dir": str(run.path)})
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def _ppo_reward(path: Path | None):
+    """The VRM reward: a save_pretrained folder, a train run folder, or the demonstration's own fit."""
+    from .reward_model import VRMRewardModel
+
+    if path is None:
+        path = PPO_DEMO_REWARD
+        if not (path / "summary.json").exists():  # fit once; later runs reuse it
+            train_command(build_parser().parse_args(["train", "--data", "simulated-text", "--out", str(path),
+                                                     "--quiet"]))
+    if (path / "model.safetensors").exists():
+        return VRMRewardModel.from_pretrained(path)
+    if (path / "checkpoint" / "config.json").exists():
+        return VRMRewardModel.from_run(path)
+    raise ConfigError(f"--reward {path}: neither a save_pretrained folder (model.safetensors) nor a "
+                      "pyro-vrm train run folder (checkpoint/)")
+
+
+def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str]):
+    """(policy, tokenizer, warm-start loss (first, last) or None): a named causal LM, or the tiny
+    offline policy warm-started on simulated-text's training responses."""
+    from .policy import tiny_policy, warm_start
+
+    if args.policy is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.policy)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return AutoModelForCausalLM.from_pretrained(args.policy), tokenizer, None
+    policy_config = from_arguments(TinyPolicyConfig, args)
+    train = [i for i, s in enumerate(text["split"]) if s == "train"]
+    policy, tokenizer = tiny_policy(text["prompt"] + text["chosen"] + text["rejected"] + prompts, policy_config,
+                                    seed=args.seed)
+    losses = warm_start(policy, tokenizer, [text["prompt"][i] for i in train] * 2,
+                        [text["chosen"][i] for i in train] + [text["rejected"][i] for i in train],
+                        policy_config, seed=args.seed)
+    return policy, tokenizer, [losses[0], losses[-1]]
+
+
 def featurize_command(args: argparse.Namespace) -> dict:
+    from .pipeline import load_text_features
+
     if args.data == "simulated":
         raise ConfigError("--data simulated has no text to featurize; use simulated-text or a file")
-    return load_text_features(args)[2]
+    return load_text_features(backbone=from_arguments(BackboneConfig, args), cache_dir=args.cache_dir,
+                              **_text_source(args))[2]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command not in ("evaluate", "diagnose"):
+        if args.command not in ("evaluate", "diagnose", "ppo"):
             from_arguments(BackboneConfig, args)
+        if args.command == "ppo":
+            from_arguments(PPOConfig, args), from_arguments(TinyPolicyConfig, args)
         if args.command == "train":
-            from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+            from_arguments(ModelConfig, args), from_arguments(TrainConfig, args), from_arguments(FinetuneConfig, args)
             if not 0 < args.test_fraction < 1:
                 raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     except ConfigError as err:
@@ -256,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()  # library bars on stderr would bury our one-line errors
     transformers.utils.logging.disable_progress_bar()
     from .data import DataError
-    from .train import NonFiniteLoss
+    from .loop import NonFiniteLoss, TrainingInterrupted
     try:
         command = {"train": train_command, "featurize": featurize_command, "evaluate": evaluate_command,
-                   "diagnose": diagnose_command}
+                   "diagnose": diagnose_command, "ppo": ppo_command}
         result = command[args.command](args)
     except (DataError, ConfigError) as err:
         print(f"pyro-vrm: error: {err}", file=sys.stderr)
@@ -267,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"pyro-vrm: training stopped: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    except TrainingInterrupted as err:
+        print(f"pyro-vrm: {err}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    if result is not None:
+        print(json.dumps(result, indent=2))
     return 0
 
 

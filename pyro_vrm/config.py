@@ -8,7 +8,8 @@ from typing import Any
 
 from .supervision import SUPERVISION_LOSSES
 
-__all__ = ["ConfigError", "BackboneConfig", "ModelConfig", "TrainConfig", "add_arguments", "from_arguments"]
+__all__ = ["ConfigError", "BackboneConfig", "FinetuneConfig", "ModelConfig", "TrainConfig", "add_arguments",
+           "from_arguments"]
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,24 @@ class BackboneConfig:
 
     def __post_init__(self):
         _positive(self, "max_length", "feature_batch_size")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """End-to-end training (text data only): LoRA adapters of the backbone trained with the heads."""
+
+    finetune: str = field(default="none", metadata=_help(
+        "none: a frozen backbone through the feature cache; lora: LoRA adapters of the backbone trained "
+        "jointly with the guide and decoder (or the RM head)", choices=("none", "lora")))
+    lora_rank: int = field(default=8, metadata=_help("rank r of each LoRA adapter"))
+    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling alpha (the update is scaled by alpha / r)"))
+    lora_dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA adapters' input"))
+
+    def __post_init__(self):
+        _positive(self, "lora_rank", "lora_alpha")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        _choice(self, "finetune")
 
 
 def _flag(name: str) -> str:

@@ -202,7 +202,7 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
             records[column].append(pair[column])
     schema = datasets.Features({column: _FEATURES[column] for column in out}).arrow_schema
     pairs = datasets.Dataset(pa.Table.from_pydict(records, schema=schema))
-    report = LoadReport(source, len(raw), len(pairs), dict(ctx.drops))
+    report = LoadReport(source, len(raw), len(pairs), dict(+ctx.drops))  # + leaves out zero counts
     _log.info("%s", report)
     return pairs, report
 
@@ -223,6 +223,8 @@ def _read(source: str, split: str | None) -> datasets.Dataset:
         return datasets.load_dataset(builder, data_files=str(path), split=split or "train")
     except Exception as exc:
         malformed = _find_malformed_json(source) if builder == "json" else None
+        if malformed is None and builder != "parquet" and not _read_text(source).strip():
+            malformed = DataError(source, "is empty: no rows to read")
         if malformed is not None:
             raise malformed from exc
         raise
@@ -233,10 +235,14 @@ def _rows(raw: datasets.Dataset) -> Iterator[dict[str, Any]]:
         yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
 
 
-def _find_malformed_json(source: str) -> DataError | None:
+def _read_text(source: str) -> str:
     opener: Callable[..., Any] = gzip.open if source.lower().endswith(".gz") else open
     with opener(source, "rt", encoding="utf-8") as f:
-        text = f.read()
+        return f.read()
+
+
+def _find_malformed_json(source: str) -> DataError | None:
+    text = _read_text(source)
     json_lines, row = ".jsonl" in Path(source.lower()).suffixes, 0
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -357,12 +363,13 @@ def _parse_ultrafeedback(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str
 
 def _ratings(ctx: _Context, i: int, j: int, completion: dict[str, Any]) -> list[float] | None:
     annotations = completion.get("annotations") or {}
-    ratings = []
+    ratings: list[float | None] = []
     for aspect in ULTRAFEEDBACK_ASPECTS:
         annotation = annotations.get(aspect) if isinstance(annotations, dict) else annotations
         rating = annotation.get("Rating") if isinstance(annotation, dict) else annotation
         if rating is None or rating == "N/A":
-            return None
+            ratings.append(None)  # the completion is left out, but its other ratings are still checked
+            continue
         try:
             value = float(rating)
         except (TypeError, ValueError):
@@ -371,7 +378,7 @@ def _ratings(ctx: _Context, i: int, j: int, completion: dict[str, Any]) -> list[
             raise ctx.error(f"must be a rating 1..5 or 'N/A', got {rating!r:.60}",
                             i, f"completions[{j}].annotations.{aspect}.Rating")
         ratings.append(value)
-    return ratings
+    return None if None in ratings else ratings
 
 
 _PARSERS: dict[str, Callable[[_Context, int, dict[str, Any]], dict[str, Any] | None]] = {

@@ -34,7 +34,7 @@ from .features import PairBatch, PreferenceFeatures
 from .featurize import pair_labels
 
 __all__ = ["add_lora", "default_target_modules", "trainable_parameters", "adapter_state_dict",
-           "load_adapter_state_dict", "save_adapter", "load_adapter", "TextPairs"]
+           "load_adapter_state_dict", "save_adapter", "load_adapter", "load_lora_backbone", "TextPairs"]
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -140,6 +140,22 @@ def save_adapter(backbone: Backbone, path: str | Path) -> None:
 def load_adapter(backbone: Backbone, path: str | Path) -> None:
     """Read adapter weights written by :func:`save_adapter` into ``backbone``."""
     load_adapter_state_dict(backbone, load_file(str(path)))
+
+
+def load_lora_backbone(backbone_config: dict, finetune_config: dict, adapters: dict[str, torch.Tensor] | None,
+                       device: str | None = None) -> Backbone:
+    """The backbone of a run that trained LoRA adapters (``BackboneConfig`` and ``FinetuneConfig``
+    as dicts), carrying the trained ``adapters`` weights, in eval mode."""
+    if adapters is None:
+        raise ValueError(f"the run trained LoRA adapters of {backbone_config['backbone']!r}, "
+                         "but its checkpoint holds no adapter weights")
+    backbone = Backbone.from_pretrained(backbone_config["backbone"], backbone_config["max_length"],
+                                        backbone_config["feature_batch_size"], device=device)
+    backbone = add_lora(backbone, finetune_config["lora_rank"], finetune_config["lora_alpha"],
+                        finetune_config["lora_dropout"], gradient_checkpointing=False)
+    load_adapter_state_dict(backbone, adapters)
+    backbone.model.eval()
+    return backbone
 
 
 def _require_adapters(backbone: Backbone) -> None:

@@ -3,7 +3,8 @@
 ``score(prompts, responses)`` gives each response's posterior-mean reward and its posterior sd,
 one backbone pass per response (for a causal backbone h_x comes from the same pass).
 ``save_pretrained(folder)`` writes ``config.json`` (the model's configuration and the backbone's
-id or path) and ``model.safetensors``; ``from_pretrained(folder)`` reads them back. An instance
+id or path), ``model.safetensors`` and, for a backbone fine-tuned end to end, its LoRA adapters
+in ``adapters.safetensors``; ``from_pretrained(folder)`` reads them back. An instance
 is also a plain reward callable for TRL's ``GRPOTrainer``/``RLOOTrainer`` (``reward_funcs=[rm]``).
 """
 
@@ -13,15 +14,19 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from .backbone import Backbone
+from .finetune import save_adapter
+from .pipeline import load_backbone
 from .posterior import reward_posterior
 from .runs import RunDir
 from .train import build_vrm, load_vrm
 from .vrm import VRM
 
 __all__ = ["VRMRewardModel"]
+
+ADAPTERS = "adapters.safetensors"
 
 
 class VRMRewardModel:
@@ -43,8 +48,10 @@ class VRMRewardModel:
             raise ValueError(f"{run_dir} was trained on hidden states without text (--data simulated): "
                              "there is no backbone to score text with")
         vrm, _ = load_vrm(run)
-        config = {**run.checkpoint_config(), "backbone": train_config["backbone_config"]}
-        return cls(vrm, _backbone(config["backbone"], device), config, kappa)
+        config = {**run.checkpoint_config(), "backbone": train_config["backbone_config"],
+                  "finetune": train_config.get("finetune_config")}
+        backbone = load_backbone(config["backbone"], config["finetune"], run.checkpoint_state().get("adapters"), device)
+        return cls(vrm, backbone, config, kappa)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None, kappa: float = 0.0) -> VRMRewardModel:
@@ -52,13 +59,16 @@ class VRMRewardModel:
         config = json.loads((folder / "config.json").read_text())
         vrm = build_vrm(config)
         load_model(vrm, folder / "model.safetensors")
-        return cls(vrm, _backbone(config["backbone"], device), config, kappa)
+        adapters = load_file(folder / ADAPTERS) if (folder / ADAPTERS).exists() else None
+        return cls(vrm, load_backbone(config["backbone"], config.get("finetune"), adapters, device), config, kappa)
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         save_model(self.vrm, folder / "model.safetensors")  # handles the guide's shared modules
+        if (self.config.get("finetune") or {}).get("finetune", "none") != "none":
+            save_adapter(self.backbone, folder / ADAPTERS)
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +80,3 @@ class VRMRewardModel:
         """TRL's reward-function interface: one float per completion, mean - kappa * sd."""
         mean, sd = self.score(prompts, completions)
         return (mean - self.kappa * sd).tolist()
-
-
-def _backbone(config: dict, device: str | None) -> Backbone:
-    return Backbone.from_pretrained(config["backbone"], config["max_length"], config["feature_batch_size"],
-                                    device=device)

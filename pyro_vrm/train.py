@@ -1,4 +1,4 @@
-r"""Fitting VRM with Pyro's SVI (DESIGN.md section 3).
+r"""Fitting VRM by stochastic variational inference (DESIGN.md section 3).
 
 The loss per step is the paper's Eq. 14 for the minibatch, divided by the data size N:
 
@@ -6,44 +6,36 @@ The loss per step is the paper's Eq. 14 for the minibatch, divided by the data s
 
 with the ELBO from ``TraceMeanField_ELBO`` (closed-form KLs) or ``Trace_ELBO``, both scaled to
 the full data by the plate's subsampling, and the supervision term read off the Dirichlet
-parameters of the same guide run that the ELBO used.
+parameters of the same guide run that the ELBO used. As in Pyro's ``examples/svi_torch.py``,
+the ELBO is a differentiable loss on the VRM's modules (:class:`VRMLoss`), minimised by the
+loop of :mod:`pyro_vrm.loop` with a torch optimizer, so that the same fit runs on one process
+or data-parallel under ``accelerate launch``, and can be resumed.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict
 
-import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
-from pyro.optim import ClippedAdam
-from tqdm.auto import tqdm
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
 
 from .config import ModelConfig, TrainConfig
 from .features import PairBatch, PreferenceFeatures
+from .loop import Checkpointing, NonFiniteLoss, TrainingInterrupted, minibatches, optimize, seed_everything
 from .model import SITES, Priors
 from .posterior import kl_estimate, reward_posterior
 from .runs import RunDir
 from .supervision import Standardizer, supervision_loss, supervision_target
 from .vrm import VRM
 
-__all__ = ["NonFiniteLoss", "VRMObjective", "make_elbo", "minibatches", "fit_vrm", "build_vrm", "load_vrm",
-           "seed_everything"]
+__all__ = ["VRMObjective", "VRMLoss", "make_elbo", "fit_vrm", "build_vrm", "load_vrm",
+           # re-exported from loop.py, where they live
+           "NonFiniteLoss", "TrainingInterrupted", "minibatches", "seed_everything"]
 
 DEFAULT_NUM_OBJECTIVES = 4  # UltraFeedback's aspects, when the data carries no scores
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, torch and Pyro, and empty the param store: the first thing a fit does."""
-    pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
 
 
 def make_elbo(config: TrainConfig):
@@ -52,20 +44,9 @@ def make_elbo(config: TrainConfig):
                max_plate_nesting=1)
 
 
-def minibatches(num_pairs: int, batch_size: int, steps: int, seed: int):
-    """``steps`` index tensors (B,), each epoch a fresh permutation (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, num_pairs)
-    order, position = torch.randperm(num_pairs, generator=g), 0
-    for _ in range(steps):
-        if position + batch_size > num_pairs:
-            order, position = torch.randperm(num_pairs, generator=g), 0
-        yield order[position:position + batch_size]
-        position += batch_size
-
-
 class VRMObjective:
-    """Loss callable for ``pyro.infer.SVI``: (-ELBO + lambda * L_sup) / N for a minibatch.
+    """(-ELBO + lambda * L_sup) / N for a minibatch, called as ``pyro.infer.SVI`` calls a loss:
+    ``objective(model, guide, batch, num_pairs=N, **model_kwargs)``.
 
     After each call, ``terms`` holds the guide's distributions of that step (for metrics).
     """
@@ -79,13 +60,33 @@ class VRMObjective:
         elbo_loss = self.elbo.differentiable_loss(model, traced_guide, batch, num_pairs=num_pairs, **kwargs)
         nodes = traced_guide.trace.nodes
         q_w = nodes[SITES["weights"]]["fn"]
-        sup = torch.zeros(())
+        sup = batch.prompt_state.new_zeros(())
         if self.lambda_sup > 0 and batch.target is not None:
             sup = supervision_loss(self.sup_loss, batch.target, q_w.concentration).mean()
         self.terms = {"elbo_loss": elbo_loss.detach() / num_pairs, "sup": sup.detach(),
                       "q_w": q_w, "q_chosen": nodes[SITES["chosen"]]["fn"],
                       "q_rejected": nodes[SITES["rejected"]]["fn"]}
         return elbo_loss / num_pairs + self.lambda_sup * sup
+
+
+class VRMLoss(nn.Module):
+    """The VRM objective as a module: ``forward(batch, num_pairs)`` is the loss of
+    :class:`VRMObjective` with every pair's preference observed as y = 1 (chosen wins) and, with
+    ``aspects`` ((N, K) chosen and rejected tables), the batch's aspect scores observed too."""
+
+    def __init__(self, vrm: VRM, objective: VRMObjective,
+                 aspects: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__()
+        self.vrm, self.objective, self.aspects = vrm, objective, aspects
+
+    def forward(self, batch: PairBatch, num_pairs: int) -> torch.Tensor:
+        kwargs = {}
+        if self.aspects is not None:
+            index = batch.index.cpu()
+            kwargs["aspects"] = tuple(a[index].to(batch.index.device) for a in self.aspects)
+        preferences = torch.ones(len(batch.index), device=batch.index.device)
+        return self.objective(self.vrm.model, self.vrm.guide, batch, num_pairs=num_pairs,
+                              preferences=preferences, **kwargs)
 
 
 def supervision_setup(train: PreferenceFeatures, config: TrainConfig):
@@ -125,8 +126,11 @@ def step_metrics(vrm: VRM, objective: VRMObjective, batch: PairBatch) -> dict:
 def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
             train_config: TrainConfig = TrainConfig(), priors: Priors = Priors(),
             run: RunDir | None = None, progress: bool = True,
-            monitor: Callable[[VRM], dict] | None = None) -> tuple[VRM, Standardizer | None]:
-    """Fit VRM to ``train`` with SVI; write metrics and checkpoints to ``run`` if given.
+            monitor: Callable[[VRM], dict] | None = None,
+            resume: bool = False) -> tuple[VRM, Standardizer | None]:
+    """Fit VRM to ``train`` by SVI; write metrics and checkpoints to ``run`` if given, and with
+    ``resume`` go on from ``run``'s checkpoint. ``train`` is a table of cached states, or
+    :class:`pyro_vrm.finetune.TextPairs`, whose backbone's LoRA adapters then train jointly.
 
     ``monitor(vrm)``, called at every logged step, adds its own metrics to the record (e.g. the
     accuracy on held-out pairs, for learning curves)."""
@@ -134,6 +138,7 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     seed_everything(cfg.seed)
     num_objectives = train.num_aspects or DEFAULT_NUM_OBJECTIVES
     vrm = VRM(model_config, train.hidden_size, num_objectives, priors)
+    vrm.create_global_parameters()
     standardizer, targets = supervision_setup(train, cfg)
     if model_config.observe_aspects and standardizer is None:
         raise ValueError("--observe-aspects needs data with aspect scores")
@@ -141,46 +146,17 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         if model_config.observe_aspects else None
 
     objective = VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss)
-    optim = ClippedAdam({"lr": cfg.lr, "lrd": cfg.lr_decay ** (1 / cfg.steps), "clip_norm": cfg.clip_norm})
-    svi = SVI(vrm.model, vrm.guide, optim, loss=objective)
-    checkpoint_config = {"kind": "vrm", "model": asdict(model_config), "train": asdict(cfg),
-                         "priors": asdict(priors), "priors_repr": repr(priors),
-                         "hidden_size": train.hidden_size, "num_objectives": num_objectives}
-    extra = {} if standardizer is None else {"score_mean": standardizer.mean, "score_sd": standardizer.sd}
-    num_pairs, last_good = len(train), None
+    checkpointing = None
     if run is not None:
-        run.start_metrics()
-
-    bar = tqdm(total=cfg.steps, disable=not progress, desc="svi", mininterval=1.0)
-    for step, index in enumerate(minibatches(num_pairs, cfg.batch_size, cfg.steps, cfg.seed), 1):
-        batch = train.batch(index, targets)
-        kwargs = {} if aspects is None else {"aspects": (aspects[0][index], aspects[1][index])}
-        try:
-            loss = svi.step(batch, num_pairs=num_pairs, preferences=torch.ones(len(index)), **kwargs)
-        except ValueError:  # Pyro's validation meets a NaN parameter before the loss does
-            if _finite(vrm, batch):
-                raise
-            loss = float("nan")
-        if not math.isfinite(loss):
-            where = f"; the last good checkpoint (step {last_good}) is in {run.checkpoint_dir}" \
-                if run is not None and last_good else ""
-            raise NonFiniteLoss(f"loss is {loss} at step {step}{where}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            record = {"step": step, **step_metrics(vrm, objective, batch), **(monitor(vrm) if monitor else {})}
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-            if run is not None:
-                run.log_metrics(record)
-        if run is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            run.save_checkpoint(checkpoint_config, vrm, extra)
-            last_good = step
-        bar.update()
-    bar.close()
+        config = {"kind": "vrm", "model": asdict(model_config), "train": asdict(cfg),
+                  "priors": asdict(priors), "priors_repr": repr(priors),
+                  "hidden_size": train.hidden_size, "num_objectives": num_objectives}
+        extra = {} if standardizer is None else {"score_mean": standardizer.mean, "score_sd": standardizer.sd}
+        checkpointing = Checkpointing(run, config, vrm, extra, resume)
+    optimize(VRMLoss(vrm, objective, aspects), train, cfg, targets=targets, checkpointing=checkpointing,
+             metrics=lambda batch: step_metrics(vrm, objective, batch), progress=progress,
+             monitor=(lambda: monitor(vrm)) if monitor else None, desc="svi")
     return vrm, standardizer
-
-
-def _finite(vrm: VRM, batch: PairBatch) -> bool:
-    tensors = [*vrm.parameters(), batch.prompt_state, batch.chosen_state, batch.rejected_state]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def build_vrm(config: dict) -> VRM:
@@ -189,17 +165,14 @@ def build_vrm(config: dict) -> VRM:
     priors = Priors(**{k: tuple(map(_tuple, v)) if isinstance(v, list) else v
                        for k, v in config["priors"].items()})
     vrm = VRM(ModelConfig(**config["model"]), config["hidden_size"], config["num_objectives"], priors)
-    if vrm.has_global_latents:  # AutoNormal creates its parameters on its first run
-        empty = torch.zeros(1, config["hidden_size"])
-        with poutine.block():
-            vrm.guide(PairBatch(torch.arange(1), empty, empty, empty), num_pairs=1)
+    vrm.create_global_parameters()
     return vrm
 
 
 def load_vrm(run: RunDir) -> tuple[VRM, Standardizer | None]:
     """The VRM (and the aspect standardizer, if any) saved in ``run``'s checkpoint."""
     vrm = build_vrm(run.checkpoint_config())
-    extra = run.load_checkpoint(vrm)
+    extra = run.load_checkpoint(vrm)["extra"]
     standardizer = Standardizer(extra["score_mean"], extra["score_sd"]) if "score_mean" in extra else None
     return vrm, standardizer
 

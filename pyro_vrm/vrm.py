@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
+from pyro import poutine
+from pyro.util import get_rng_state, set_rng_state
 from torch import nn
 
 from .config import ModelConfig
+from .features import PairBatch
 from .guide import AmortizedGuide, make_guide
 from .model import Priors, make_decoder, model
 
@@ -37,3 +41,14 @@ class VRM(nn.Module):
         self.model = partial(model, decoder=self.decoder, priors=priors)
         self.has_global_latents = config.bayesian_decoder or priors.concentration_hyperprior is not None
         self.guide = make_guide(self.model, self.amortized_guide, self.has_global_latents)
+
+    def create_global_parameters(self) -> None:
+        """Create the AutoNormal parameters of the global latents, if any, which AutoNormal
+        otherwise creates lazily on its first run: an optimizer or a saved state dict needs
+        them to exist. Leaves the random number generators as they were."""
+        if not self.has_global_latents:
+            return
+        rng, empty = get_rng_state(), torch.zeros(1, self.hidden_size)
+        with poutine.block():
+            self.guide(PairBatch(torch.arange(1), empty, empty, empty), num_pairs=1)
+        set_rng_state(rng)

@@ -111,3 +111,62 @@ def test_diagnose_refuses_a_run_on_other_data_in_one_line(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--data simulated only" in err[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_lm(tmp_path_factory):
+    """A random-init two-layer Qwen3 with MiniLM's tokenizer, saved as a local model folder."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, Qwen3Config
+
+    from pyro_vrm.backbone import resolve_backbone
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_finetune_lora_trains_the_adapters_with_vrm_end_to_end(tiny_causal_lm, tmp_path, capsys, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from pyro_vrm import simulated_text
+    from pyro_vrm.reward_model import VRMRewardModel
+
+    small = simulated_text.TextSimulationConfig
+    monkeypatch.setattr(simulated_text, "TextSimulationConfig", lambda seed=0: small(num_prompts=16, seed=seed))
+
+    out = tmp_path / "lora"
+    argv = ["train", "--data", "simulated-text", "--backbone", str(tiny_causal_lm), "--max-length", "48",
+            "--finetune", "lora", "--lora-rank", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+            "--steps", "6", "--batch-size", "8", "--checkpoint-every", "3", "--log-every", "3", "--width", "16",
+            "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    state = torch.load(out / "checkpoint" / "params.pt", weights_only=False)
+    adapters = state["adapters"]
+    lora_b = [t for name, t in adapters.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b), "the adapters did not train (B starts at 0)"
+    assert json.loads((out / "config.json").read_text())["finetune_config"]["lora_rank"] == 4
+    # The base weights stay as loaded; the reward model carries the trained adapters.
+    rm = VRMRewardModel.from_run(out)
+    base = load_file(tiny_causal_lm / "model.safetensors")
+    fitted = {name.split("base_model.model.")[-1].replace(".base_layer", ""): p
+              for name, p in rm.backbone.model.named_parameters()}
+    assert all(torch.equal(base[name], fitted[name]) for name in base)
+    rm.save_pretrained(tmp_path / "saved")
+    again = VRMRewardModel.from_pretrained(tmp_path / "saved")
+    prompts, responses = ["How can I sleep better?"], ["Start with a fixed bedtime and keep to it."]
+    assert torch.equal(rm.score(prompts, responses)[0], again.score(prompts, responses)[0])
+    # Resuming the finished run loads model and adapters, trains no step, and summarizes the same fit.
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == summary["test_accuracy"]
+    # Evaluation reads the states of the trained adapters, not the frozen backbone's.
+    assert main(["evaluate", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["splits"]["test"]["accuracy"]["accuracy"] == summary["test_accuracy"]

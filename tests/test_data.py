@@ -211,6 +211,13 @@ def test_ultrafeedback_rating_outside_1_to_5_is_an_error(tmp_path, rating):
         load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
 
 
+def test_ultrafeedback_rating_outside_1_to_5_is_an_error_beside_an_na_rating(tmp_path):
+    rows = [{"instruction": "i", "completions": [
+        completion("a", "5", "5", "5", "5"), completion("b", "N/A", "1", "9", "1")]}]
+    with pytest.raises(DataError, match=r"row 0, field 'completions\[1\]\.annotations\.honesty\.Rating'"):
+        load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
+
+
 def test_ultrafeedback_has_four_aspects(tmp_path):
     with pytest.raises(DataError, match=r"row 0, field 'scores_chosen': has 4 aspect scores, expected 3"):
         load_preferences(write_jsonl(tmp_path / "uf.jsonl", ULTRAFEEDBACK), num_aspects=3)
@@ -328,3 +335,22 @@ def test_load_report_str():
 def test_docstring_examples_run():
     result = doctest.testmod(pyro_vrm.data)
     assert result.attempted >= 3 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["prefs.jsonl", "prefs.json", "prefs.csv", "prefs.jsonl.gz"])
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_an_empty_file_is_a_data_error_naming_it(tmp_path, name, text):
+    path = tmp_path / name
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    with pytest.raises(DataError, match=rf"^{path}: is empty: no rows to read$"):
+        load_preferences(str(path))
+
+
+def test_the_report_lists_only_drop_reasons_that_occurred(tmp_path):
+    rated = {a: {"Rating": "4"} for a in pyro_vrm.data.ULTRAFEEDBACK_ASPECTS}
+    row = {"instruction": "i", "completions": [{"response": "a", "annotations": rated},
+                                               {"response": "b", "annotations": rated | {"honesty": {"Rating": "2"}}}]}
+    _, report = load_preferences(write_jsonl(tmp_path / "uf.jsonl", [row]))
+    assert report.dropped == {} and str(report).endswith("dropped nothing")

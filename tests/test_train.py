@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-import pyro_vrm.train as train_module
+import pyro_vrm.loop as loop_module
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.evaluate import pearson
 from pyro_vrm.model import Priors
@@ -97,6 +97,14 @@ def test_non_default_priors_and_model_flags_train_end_to_end(small_data, tmp_pat
     config = ModelConfig(latent_dim=4, width=32, depth=1, bayesian_decoder=True, observe_aspects=True)
     vrm, _ = fit_vrm(small_data.train, config, quick(), priors=priors, run=RunDir(tmp_path), progress=False)
     assert vrm.priors == priors
+    store = pyro.get_param_store().get_state()
+    pyro.clear_param_store()  # else the fresh AutoNormal would read the fitted values from the store
+    fresh = VRM(config, small_data.train.hidden_size, small_data.train.num_aspects, priors)
+    fresh.create_global_parameters()
+    pyro.get_param_store().set_state(store)
+    before, after = fresh.guide.global_guide.state_dict(), vrm.guide.global_guide.state_dict()
+    assert before.keys() == after.keys() and len(before) == 6  # loc and scale of A, b and log alpha0
+    assert all(not torch.equal(before[k], after[k]) for k in before), "a global latent's guide did not train"
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
     assert saved["priors_repr"] == repr(priors) and saved["model"]["bayesian_decoder"] is True
     assert "log_concentration" in str(sorted(pyro.get_param_store().keys()))
@@ -125,7 +133,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(sma
 
     train = small_data.train.select(torch.arange(len(small_data.train)))
     train.prompt_state[-1] = float("nan")
-    monkeypatch.setattr(train_module, "minibatches", poisoned)
+    monkeypatch.setattr(loop_module, "minibatches", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"at step 7; the last good checkpoint \(step 5\)"):
         fit_vrm(train, SMALL, quick(checkpoint_every=5), run=RunDir(tmp_path), progress=False)
     assert (tmp_path / "checkpoint" / "params.pt").exists()

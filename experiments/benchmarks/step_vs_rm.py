@@ -1,0 +1,144 @@
+"""One VRM training step against one Bradley-Terry reward-model step on the same batch.
+
+``--mode frozen`` (the only mode so far): both read the same batch of frozen backbone features
+(B pairs of hidden states (B, H)); both heads have the same MLP width and depth and the same
+optimizer (ClippedAdam, the torch optimizer Pyro's ClippedAdam wraps). The VRM step is
+``VRMObjective(make_elbo(TrainConfig()))`` on ``vrm.model``/``vrm.guide`` (closed-form KLs plus
+the supervision term), backward, and an optimizer step over ``vrm.parameters()``; the RM step is
+``RewardHead`` on chosen and rejected, ``bradley_terry_loss``, backward and a step. Pyro's
+validation is off, as in training at scale. Steps alternate in rounds (median of each); on CUDA
+the clock is read after a synchronize. Also timed, not in the ratio: ``vrm_by_hand``, the same
+VRM step with the loss written in plain torch (svi_overhead.py's, checked equal to Pyro's there),
+which splits the gap into Pyro's overhead and VRM's extra work. Prints one JSON line ending with
+``"ratio": VRM / RM``.
+
+The aim: VRM <= 1.05x RM on a GPU. A ``lora`` mode, the same two steps behind a LoRA backbone's
+forward and backward, is to slot into MODES.
+
+    python experiments/benchmarks/step_vs_rm.py [--mode frozen] [--hidden-size 384] [--batch-size 256]
+                                                [--repeats 200] [--device cuda] [--threads 1]
+
+``--hidden-size`` 384 is MiniLM's, 2560 Qwen3-4B's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+
+from pyro_vrm.baseline import RewardHead, bradley_terry_loss
+from pyro_vrm.config import ModelConfig, TrainConfig
+from pyro_vrm.features import PairBatch
+from pyro_vrm.simulate import SimulationConfig, simulate
+from pyro_vrm.supervision import Standardizer, supervision_target
+from pyro_vrm.train import VRMObjective, make_elbo
+from pyro_vrm.vrm import VRM
+from svi_overhead import torch_loss
+from timing import device_name, time_interleaved
+
+
+@dataclass
+class Steps:
+    """The two timed steps, each returning its (detached) loss, and what they update.
+    ``vrm_by_hand``, where given, is the VRM step with the loss written in plain torch (timed too,
+    to tell Pyro's share of the gap from the extra work VRM does)."""
+
+    vrm: Callable[[], torch.Tensor]
+    rm: Callable[[], torch.Tensor]
+    vrm_model: VRM
+    reward_head: RewardHead
+    vrm_by_hand: Callable[[], torch.Tensor] | None = None
+
+
+def simulated_batch(hidden_size: int, batch_size: int, device: torch.device, seed: int = 0):
+    """(batch of ``batch_size`` simulated pairs with supervision targets, on ``device``; N)."""
+    train = simulate(SimulationConfig(num_prompts=max(batch_size, 2), hidden_size=hidden_size, seed=seed)).train
+    standardizer = Standardizer.fit(train.chosen_scores, train.rejected_scores)
+    target = supervision_target(standardizer(train.chosen_scores))
+    batch = train.batch(torch.arange(min(batch_size, len(train))), target)
+    return PairBatch(*(t.to(device) for t in batch)), len(train)
+
+
+def frozen_steps(batch: PairBatch, num_pairs: int, model_config: ModelConfig = ModelConfig(),
+                 train_config: TrainConfig = TrainConfig(), seed: int = 0) -> Steps:
+    """A VRM step and a Bradley-Terry step on the frozen features of ``batch``."""
+    cfg, device = train_config, batch.prompt_state.device
+    hidden_size, num_objectives = batch.prompt_state.shape[-1], batch.target.shape[-1]
+    pyro.set_rng_seed(seed)
+    vrm = VRM(model_config, hidden_size, num_objectives).to(device)
+    head = RewardHead(hidden_size, model_config.width, model_config.depth).to(device)
+    objective = VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss)
+    vrm_optim = ClippedAdam(vrm.parameters(), lr=cfg.lr, clip_norm=cfg.clip_norm)
+    rm_optim = ClippedAdam(head.parameters(), lr=cfg.lr, clip_norm=cfg.clip_norm)
+    preferences = torch.ones(len(batch.index), device=device)
+
+    def vrm_step() -> torch.Tensor:
+        loss = objective(vrm.model, vrm.guide, batch, num_pairs=num_pairs, preferences=preferences)
+        vrm_optim.zero_grad()
+        loss.backward()
+        vrm_optim.step()
+        return loss.detach()
+
+    def rm_step() -> torch.Tensor:
+        loss = bradley_terry_loss(head(batch.prompt_state, batch.chosen_state),
+                                  head(batch.prompt_state, batch.rejected_state))
+        rm_optim.zero_grad()
+        loss.backward()
+        rm_optim.step()
+        return loss.detach()
+
+    def vrm_by_hand_step() -> torch.Tensor:
+        loss = torch_loss(vrm, batch, num_pairs, cfg.lambda_sup, cfg.sup_loss)
+        vrm_optim.zero_grad()
+        loss.backward()
+        vrm_optim.step()
+        return loss.detach()
+
+    return Steps(vrm_step, rm_step, vrm, head, vrm_by_hand_step)
+
+
+MODES = {"frozen": frozen_steps}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="frozen",
+                        help="frozen: heads on cached backbone features")
+    parser.add_argument("--hidden-size", type=int, default=384, help="H: 384 is MiniLM's, 2560 Qwen3-4B's")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads: the heads' matmuls are small, and on a shared machine a second "
+                             "OpenMP thread spins against other jobs (steps 10-100x slower)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model_config = ModelConfig()
+
+    with pyro.validation_enabled(False):
+        batch, num_pairs = simulated_batch(args.hidden_size, args.batch_size, device)
+        steps = MODES[args.mode](batch, num_pairs, model_config)
+        timed = {"vrm": steps.vrm, "rm": steps.rm}
+        if steps.vrm_by_hand is not None:
+            timed["vrm_by_hand"] = steps.vrm_by_hand
+        seconds = time_interleaved(timed, args.repeats, device=device)
+    vrm_s, rm_s = seconds["vrm"], seconds["rm"]
+    by_hand = {"vrm_by_hand_ms": round(1e3 * seconds["vrm_by_hand"], 3)} if "vrm_by_hand" in seconds else {}
+    result = {"benchmark": "step_vs_rm", "mode": args.mode, "device": device_name(device),
+              "threads": torch.get_num_threads(), "validation": False, "hidden_size": args.hidden_size,
+              "batch_size": len(batch.index), "width": model_config.width, "depth": model_config.depth,
+              "vrm_ms": round(1e3 * vrm_s, 3), **by_hand, "rm_ms": round(1e3 * rm_s, 3),
+              "ratio": round(vrm_s / rm_s, 3)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
