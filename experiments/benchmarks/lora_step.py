@@ -5,27 +5,28 @@ optimizer (Adam) on the same minibatches; the LoRA step also runs the backbone f
 backward (gradient checkpointing on, as ``add_lora`` sets it; also timed off) and steps the
 adapters. Pairs: the HH-RLHF sample in ../shared/data when present, otherwise simulated-text.
 Backbone: ``minilm`` or ``tiny`` (a random-init 2-layer Qwen3 of width 32, MiniLM's tokenizer).
-Prints one JSON line ending with ``"ratio": LoRA step / frozen-feature step``.
+On CUDA the base weights are bf16 (as ``add_lora`` sets them). Prints one JSON line ending with
+``"ratio": LoRA step / frozen-feature step``.
 
-    python experiments/benchmarks/lora_step.py [--backbone minilm] [--batch-size 8] [--max-length 128]
+    python experiments/benchmarks/lora_step.py [--backbone minilm] [--batch-size 8] [--max-length 128] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import datasets
 import pyro
 import torch
+from timing import device_name, time_interleaved
 from transformers import AutoModel, AutoTokenizer, Qwen3Config
 
 from pyro_vrm.backbone import Backbone, resolve_backbone
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.data import load_preferences
+from pyro_vrm.features import PairBatch, PreferenceFeatures
 from pyro_vrm.finetune import TextPairs, add_lora, trainable_parameters
 from pyro_vrm.simulated_text import TextSimulationConfig, simulate_text
 from pyro_vrm.supervision import Standardizer, supervision_target
@@ -35,14 +36,14 @@ from pyro_vrm.vrm import VRM
 HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-harmless-base-test-even.jsonl.gz"
 
 
-def load_backbone(name: str, max_length: int) -> Backbone:
+def load_backbone(name: str, max_length: int, device: str) -> Backbone:
     if name != "tiny":
-        return Backbone.from_pretrained(name, max_length, device="cpu")
+        return Backbone.from_pretrained(name, max_length, device=device)
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048)
-    return Backbone(AutoModel.from_config(config), tokenizer, max_length, name="tiny")
+    return Backbone(AutoModel.from_config(config).to(device), tokenizer, max_length, name="tiny")
 
 
 def load_pairs(num_pairs: int) -> tuple[datasets.Dataset, str]:
@@ -52,28 +53,33 @@ def load_pairs(num_pairs: int) -> tuple[datasets.Dataset, str]:
     return pairs.select(range(num_pairs)), "simulated-text"
 
 
-def setup(backbone_name: str, num_pairs: int, max_length: int, gradient_checkpointing: bool = True, seed: int = 0):
+def setup(backbone_name: str, num_pairs: int, max_length: int, gradient_checkpointing: bool = True, seed: int = 0,
+          device: str = "cpu"):
     """(VRM, the pairs as text through a LoRA backbone, the same pairs as frozen features, the
-    supervision target or None, source). At this point the adapters are zero, so both tables give
-    the same states."""
+    supervision target or None, source), on ``device``. At this point the adapters are zero, so
+    both tables give the same states."""
     pairs, source = load_pairs(num_pairs)
-    backbone = add_lora(load_backbone(backbone_name, max_length), gradient_checkpointing=gradient_checkpointing)
+    backbone = add_lora(load_backbone(backbone_name, max_length, device), gradient_checkpointing=gradient_checkpointing)
     text = TextPairs.from_dataset(pairs, backbone)
     frozen = text.features()
+    frozen = PreferenceFeatures(*(getattr(frozen, name).to(device) for name in
+                                  ("prompt_state", "chosen_state", "rejected_state")), frozen.prompt_id)
     target = None
     if text.chosen_scores is not None:
         standardizer = Standardizer.fit(text.chosen_scores, text.rejected_scores)
         target = supervision_target(standardizer(text.chosen_scores))
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
-    vrm = VRM(ModelConfig(), text.hidden_size, text.num_aspects or 4)
+    vrm = VRM(ModelConfig(), text.hidden_size, text.num_aspects or 4).to(device)
     return vrm, text, frozen, target, source
 
 
 def vrm_loss(vrm: VRM, table, index: torch.Tensor, target) -> torch.Tensor:
+    device = next(vrm.parameters()).device
+    batch = PairBatch(*(None if t is None else t.to(device) for t in table.batch(index, target)))
     objective = VRMObjective(make_elbo(TrainConfig()), TrainConfig().lambda_sup, TrainConfig().sup_loss)
-    return objective(vrm.model, vrm.guide, table.batch(index, target), num_pairs=len(table),
-                     preferences=torch.ones(len(index)))
+    return objective(vrm.model, vrm.guide, batch, num_pairs=len(table),
+                     preferences=torch.ones(len(index), device=device))
 
 
 def stepper(vrm: VRM, table, target, parameters, batch_size: int):
@@ -92,19 +98,6 @@ def stepper(vrm: VRM, table, target, parameters, batch_size: int):
     return step
 
 
-def median_seconds(steps: dict, repeats: int) -> dict:
-    """Median seconds per step of each callable, interleaved so that machine load hits all alike."""
-    for step in steps.values():  # warm-up
-        step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="minilm", help="minilm, tiny, a hub id or a local path")
@@ -113,21 +106,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, default=4, help="distinct minibatches cycled through")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
     num_pairs = args.batch_size * args.batches
-    vrm, text, frozen, target, source = setup(args.backbone, num_pairs, args.max_length)
-    _, text_kept, _, _, _ = setup(args.backbone, num_pairs, args.max_length, gradient_checkpointing=False)
+    vrm, text, frozen, target, source = setup(args.backbone, num_pairs, args.max_length, device=args.device)
+    _, text_kept, _, _, _ = setup(args.backbone, num_pairs, args.max_length, gradient_checkpointing=False,
+                                  device=args.device)
     heads = list(vrm.parameters())
-    seconds = median_seconds({
+    seconds = time_interleaved({
         "lora": stepper(vrm, text, target, heads + trainable_parameters(text.backbone), args.batch_size),
         "lora_no_checkpointing": stepper(vrm, text_kept, target, heads + trainable_parameters(text_kept.backbone),
                                          args.batch_size),
         "frozen": stepper(vrm, frozen, target, heads, args.batch_size),
-    }, args.repeats)
+    }, repeats=args.repeats, rounds=args.repeats, device=args.device, warmup=1)
     tokens = text.backbone.encode_pairs(text.prompts, text.chosen, text.rejected).num_tokens
-    result = {"benchmark": "lora_step", "source": source, "backbone": args.backbone, "device": "cpu",
+    result = {"benchmark": "lora_step", "source": source, "backbone": args.backbone, "device": device_name(args.device),
               "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_length": args.max_length,
               "adapter_parameters": sum(p.numel() for p in trainable_parameters(text.backbone)),
               "tokens_per_pair": round(tokens / num_pairs),  # prompt + chosen and prompt + rejected
