@@ -124,3 +124,23 @@ def test_lora_step_and_frozen_step_time_the_same_loss_while_the_adapters_are_zer
     assert torch.allclose(lora_loss, frozen_loss, rtol=1e-5)
     lora_b = [p for name, p in text.backbone.model.named_parameters() if "lora_B" in name]
     assert lora_b and all(g.abs().sum() > 0 for g in torch.autograd.grad(lora_loss, lora_b))  # reaches the adapters
+
+
+def test_step_vs_rm_lora_mode_trains_each_model_through_its_own_adapters():
+    bench = load("step_vs_rm")
+    torch.set_num_threads(1)
+    steps = bench.lora_steps("tiny", batch_size=4, max_length=32, device=torch.device("cpu"),
+                             model_config=ModelConfig(width=16, depth=1))
+    vrm, head = steps.vrm_model, steps.reward_head
+    before = {"vrm": [p.detach().clone() for p in vrm.parameters()],
+              "rm": [p.detach().clone() for p in head.parameters()]}
+
+    def moved(name, module):
+        return sum(not torch.equal(a, b) for a, b in zip(before[name], module.parameters()))
+
+    assert torch.isfinite(steps.vrm()) and moved("vrm", vrm) > 5 and moved("rm", head) == 0
+    assert torch.isfinite(steps.rm()) and moved("rm", head) > 2
+    # Each step also ran its own backbone backward: its adapters left zero (peft starts B at 0).
+    for backbone in steps.backbones:
+        lora_b = [p for name, p in backbone.model.named_parameters() if "lora_B" in name]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b)

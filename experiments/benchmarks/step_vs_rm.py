@@ -1,6 +1,6 @@
 """One VRM training step against one Bradley-Terry reward-model step on the same batch.
 
-``--mode frozen`` (the only mode so far): both read the same batch of frozen backbone features
+``--mode frozen``: both read the same batch of frozen backbone features
 (B pairs of hidden states (B, H)); both heads have the same MLP width and depth and the same
 optimizer (ClippedAdam, the torch optimizer Pyro's ClippedAdam wraps). The VRM step is
 ``VRMObjective(make_elbo(TrainConfig()))`` on ``vrm.model``/``vrm.guide`` (closed-form KLs plus
@@ -12,11 +12,18 @@ VRM step with the loss written in plain torch (svi_overhead.py's, checked equal 
 which splits the gap into Pyro's overhead and VRM's extra work. Prints one JSON line ending with
 ``"ratio": VRM / RM``.
 
-The aim: VRM <= 1.05x RM on a GPU. A ``lora`` mode, the same two steps behind a LoRA backbone's
-forward and backward, is to slot into MODES.
+``--mode lora``: end to end, each model with its own copy of the backbone carrying LoRA adapters
+(``pyro_vrm.finetune.add_lora``, gradient checkpointing on), on the same minibatches of text
+(HH-RLHF pairs from ../shared/data when present, else simulated-text): the step runs the
+backbone forward and backward for the batch's states (``TextPairs.batch``), then the same head
+and loss as above, and steps the head and the adapters.
+
+The aim: VRM <= 1.05x RM on a GPU.
 
     python experiments/benchmarks/step_vs_rm.py [--mode frozen] [--hidden-size 384] [--batch-size 256]
                                                 [--repeats 200] [--device cuda] [--threads 1]
+    python experiments/benchmarks/step_vs_rm.py --mode lora [--backbone minilm] [--batch-size 8]
+                                                [--max-length 128] [--repeats 20]
 
 ``--hidden-size`` 384 is MiniLM's, 2560 Qwen3-4B's.
 """
@@ -54,6 +61,7 @@ class Steps:
     vrm_model: VRM
     reward_head: RewardHead
     vrm_by_hand: Callable[[], torch.Tensor] | None = None
+    backbones: tuple | None = None  # lora mode: the VRM's and the RM's LoRA backbones
 
 
 def simulated_batch(hidden_size: int, batch_size: int, device: torch.device, seed: int = 0):
@@ -103,15 +111,64 @@ def frozen_steps(batch: PairBatch, num_pairs: int, model_config: ModelConfig = M
     return Steps(vrm_step, rm_step, vrm, head, vrm_by_hand_step)
 
 
-MODES = {"frozen": frozen_steps}
+def lora_steps(backbone: str, batch_size: int, max_length: int, device: torch.device,
+               model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig(),
+               seed: int = 0) -> Steps:
+    """A VRM step and a Bradley-Terry step end to end, each through its own LoRA backbone, on the
+    same cycle of minibatches of ``batch_size`` text pairs."""
+    from lora_step import load_backbone, load_pairs
+
+    from pyro_vrm.baseline import BradleyTerryLoss
+    from pyro_vrm.finetune import TextPairs, add_lora, trainable_parameters
+    from pyro_vrm.train import VRMLoss
+
+    cfg = train_config
+    pairs, _ = load_pairs(4 * batch_size)
+    tables = [TextPairs.from_dataset(pairs, add_lora(load_backbone(backbone, max_length, str(device))))
+              for _ in range(2)]
+    target = None
+    if tables[0].chosen_scores is not None:
+        standardizer = Standardizer.fit(tables[0].chosen_scores, tables[0].rejected_scores)
+        target = supervision_target(standardizer(tables[0].chosen_scores)).to(device)
+    hidden_size, num_objectives = tables[0].hidden_size, tables[0].num_aspects or 4
+    pyro.set_rng_seed(seed)
+    vrm = VRM(model_config, hidden_size, num_objectives).to(device)
+    head = RewardHead(hidden_size, model_config.width, model_config.depth).to(device)
+    losses = [VRMLoss(vrm, VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss)), BradleyTerryLoss(head)]
+    batches = torch.arange(len(pairs)).split(batch_size)
+
+    def stepper(loss_module, table):
+        parameters = [*loss_module.parameters(), *trainable_parameters(table.backbone)]
+        optimizer = ClippedAdam(parameters, lr=cfg.lr, clip_norm=cfg.clip_norm)
+        count = [0]
+
+        def step() -> torch.Tensor:
+            index = batches[count[0] % len(batches)]
+            count[0] += 1
+            batch = table.batch(index, target)
+            loss = loss_module(PairBatch(index.to(device), *batch[1:]), len(table))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+        return step
+
+    return Steps(stepper(losses[0], tables[0]), stepper(losses[1], tables[1]), vrm, head,
+                 backbones=tuple(t.backbone for t in tables))
+
+
+MODES = ("frozen", "lora")
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=sorted(MODES), default="frozen",
-                        help="frozen: heads on cached backbone features")
-    parser.add_argument("--hidden-size", type=int, default=384, help="H: 384 is MiniLM's, 2560 Qwen3-4B's")
-    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--mode", choices=MODES, default="frozen",
+                        help="frozen: heads on cached backbone features; lora: end to end through LoRA adapters")
+    parser.add_argument("--hidden-size", type=int, default=384, help="H (frozen): 384 is MiniLM's, 2560 Qwen3-4B's")
+    parser.add_argument("--backbone", default="minilm", help="lora: minilm or tiny (a random-init 2-layer Qwen3)")
+    parser.add_argument("--max-length", type=int, default=128, help="lora: tokens per prompt+response")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"pairs per step (default: {TrainConfig().batch_size} frozen, 8 lora)")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1,
@@ -121,19 +178,26 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model_config = ModelConfig()
+    if args.batch_size is None:
+        args.batch_size = TrainConfig().batch_size if args.mode == "frozen" else 8
 
     with pyro.validation_enabled(False):
-        batch, num_pairs = simulated_batch(args.hidden_size, args.batch_size, device)
-        steps = MODES[args.mode](batch, num_pairs, model_config)
+        if args.mode == "frozen":
+            batch, num_pairs = simulated_batch(args.hidden_size, args.batch_size, device)
+            steps, batch_size, hidden_size = frozen_steps(batch, num_pairs, model_config), len(batch.index), args.hidden_size
+        else:
+            steps = lora_steps(args.backbone, args.batch_size, args.max_length, device, model_config)
+            batch_size, hidden_size = args.batch_size, steps.vrm_model.hidden_size
         timed = {"vrm": steps.vrm, "rm": steps.rm}
         if steps.vrm_by_hand is not None:
             timed["vrm_by_hand"] = steps.vrm_by_hand
         seconds = time_interleaved(timed, args.repeats, device=device)
     vrm_s, rm_s = seconds["vrm"], seconds["rm"]
     by_hand = {"vrm_by_hand_ms": round(1e3 * seconds["vrm_by_hand"], 3)} if "vrm_by_hand" in seconds else {}
-    result = {"benchmark": "step_vs_rm", "mode": args.mode, "device": device_name(device),
-              "threads": torch.get_num_threads(), "validation": False, "hidden_size": args.hidden_size,
-              "batch_size": len(batch.index), "width": model_config.width, "depth": model_config.depth,
+    lora = {"backbone": args.backbone, "max_length": args.max_length} if args.mode == "lora" else {}
+    result = {"benchmark": "step_vs_rm", "mode": args.mode, **lora, "device": device_name(device),
+              "threads": torch.get_num_threads(), "validation": False, "hidden_size": hidden_size,
+              "batch_size": batch_size, "width": model_config.width, "depth": model_config.depth,
               "vrm_ms": round(1e3 * vrm_s, 3), **by_hand, "rm_ms": round(1e3 * rm_s, 3),
               "ratio": round(vrm_s / rm_s, 3)}
     print(json.dumps(result))
