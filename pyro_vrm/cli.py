@@ -133,16 +133,19 @@ def train_command(args: argparse.Namespace) -> dict | None:
         vrm, standardizer = fit_vrm(train, model_config, train_config, **fit)
     else:
         head = fit_reward_model(train, model_config, train_config, **fit)
-    if not state.is_main_process:
-        return None
-    train, test, extra = evaluation()
-    if args.model == "vrm":
-        summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
-    else:
-        summary = summarize_reward_model(head, train, test, truth, extra)
-    summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
-                    "run_dir": str(run.path)})
-    run.write_json("summary.json", summary)
+    summary = None
+    if state.is_main_process:
+        train, test, extra = evaluation()
+        if args.model == "vrm":
+            summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
+        else:
+            summary = summarize_reward_model(head, train, test, truth, extra)
+        summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
+                        "run_dir": str(run.path)})
+        run.write_json("summary.json", summary)
+    if state.num_processes > 1:  # leave together, the process group closed, not torn down at exit
+        state.wait_for_everyone()
+        state.destroy_process_group()
     return summary
 
 
