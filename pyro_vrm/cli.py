@@ -168,7 +168,9 @@ def _text_training(args: argparse.Namespace, state, config: dict, finetune: Fine
         return splits["train"], lambda: _without_train(splits), truth
 
     from .finetune import TextPairs, add_lora
+    from .loop import seed_everything
 
+    seed_everything(args.seed)  # the adapters' initialisation, the same in every process and every run
     backbone = add_lora(backbone, finetune.lora_rank, finetune.lora_alpha, finetune.lora_dropout)
     splits, truth = split_text(pairs, TextPairs.from_dataset(pairs, backbone), args.test_fraction, args.sim_seed)
 

@@ -1,7 +1,9 @@
 import pyro
 import pytest
 import torch
+from transformers import AutoModel, AutoTokenizer, Qwen3Config
 
+from pyro_vrm.backbone import resolve_backbone
 from pyro_vrm.simulate import SimulationConfig, simulate
 
 
@@ -19,3 +21,16 @@ def small_data():
     """A small simulated data set (200 prompts, 400 pairs), shared read-only by the tests."""
     torch.set_num_threads(1)
     return simulate(SimulationConfig(num_prompts=200, seed=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory):
+    """A random-init two-layer Qwen3 with MiniLM's tokenizer, saved as a local model folder."""
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -113,24 +113,6 @@ def test_diagnose_refuses_a_run_on_other_data_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "--data simulated only" in err[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_causal_lm(tmp_path_factory):
-    """A random-init two-layer Qwen3 with MiniLM's tokenizer, saved as a local model folder."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer, Qwen3Config
-
-    from pyro_vrm.backbone import resolve_backbone
-
-    folder = tmp_path_factory.mktemp("tiny-qwen3")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
-    AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_finetune_lora_trains_the_adapters_with_vrm_end_to_end(tiny_causal_lm, tmp_path, capsys, monkeypatch):
     import torch
     from safetensors.torch import load_file

@@ -152,3 +152,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert vrm1["test_accuracy"] > 0.65  # both learned: chance is 0.5, the oracle 0.79
     metrics = RunDir(tmp_path / "vrm2").read_metrics()
     assert [r["step"] for r in metrics] == list(range(10, 301, 10))
+
+
+def test_two_processes_train_lora_adapters_as_one_process_does(tiny_causal_lm, tmp_path):
+    """The backbone runs outside DDP's forward (TextPairs.batch), yet its adapters' gradients must
+    be averaged across processes like the head's: the fit matches one process's."""
+    flags = ["train", "--quiet", "--model", "rm", "--data", "simulated-text", "--backbone", str(tiny_causal_lm),
+             "--max-length", "48", "--finetune", "lora", "--lora-rank", "4", "--steps", "12", "--batch-size", "8",
+             "--width", "16", "--cache-dir", str(tmp_path / "cache")]
+    launch_two(*flags, "--out", str(tmp_path / "two"))
+    finished(*flags, "--out", str(tmp_path / "one"))
+    two, one = checkpoint(tmp_path / "two"), checkpoint(tmp_path / "one")
+    assert two["adapters"].keys() == one["adapters"].keys()
+    for name in one["adapters"]:
+        assert torch.allclose(two["adapters"][name], one["adapters"][name], atol=1e-5), name
+    assert any(t.abs().sum() > 0 for name, t in one["adapters"].items() if "lora_B" in name)
+    for name in one["module"]:
+        assert torch.allclose(two["module"][name], one["module"][name], atol=1e-5), name
