@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["PreferenceFeatures", "PairBatch", "split_by_prompt"]
+__all__ = ["PreferenceFeatures", "PairBatch", "check_pair_rows", "split_by_prompt"]
 
 
 class PairBatch(NamedTuple):
@@ -23,6 +23,19 @@ class PairBatch(NamedTuple):
     chosen_state: torch.Tensor
     rejected_state: torch.Tensor
     target: torch.Tensor | None = None
+
+
+def check_pair_rows(table, n: int, columns: list[str]) -> None:
+    """For a table of ``n`` pairs: give it prompt ids 0..n-1 if it has none, and check that its
+    aspect scores come for both responses or neither and that every column has ``n`` rows."""
+    if table.prompt_id is None:
+        table.prompt_id = torch.arange(n)
+    if (table.chosen_scores is None) != (table.rejected_scores is None):
+        raise ValueError("aspect scores need both chosen_scores and rejected_scores")
+    for name in columns:
+        value = getattr(table, name)
+        if value is not None and len(value) != n:
+            raise ValueError(f"{type(table).__name__}.{name} has {len(value)} rows, expected {n}")
 
 
 @dataclass
@@ -46,15 +59,7 @@ class PreferenceFeatures:
     rejected_scores: torch.Tensor | None = None
 
     def __post_init__(self):
-        n = len(self.prompt_state)
-        if self.prompt_id is None:
-            self.prompt_id = torch.arange(n)
-        if (self.chosen_scores is None) != (self.rejected_scores is None):
-            raise ValueError("aspect scores need both chosen_scores and rejected_scores")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None and len(value) != n:
-                raise ValueError(f"PreferenceFeatures.{f.name} has {len(value)} rows, expected {n}")
+        check_pair_rows(self, len(self.prompt_state), [f.name for f in fields(self)])
         if not self.prompt_state.shape == self.chosen_state.shape == self.rejected_state.shape:
             raise ValueError("prompt, chosen and rejected states must have the same shape (N, H)")
 

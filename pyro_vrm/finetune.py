@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformers.pytorch_utils import Conv1D
 
 from .backbone import Backbone
-from .features import PairBatch, PreferenceFeatures
+from .features import PairBatch, PreferenceFeatures, check_pair_rows
 from .featurize import pair_labels
 
 __all__ = ["add_lora", "default_target_modules", "trainable_parameters", "adapter_state_dict",
@@ -182,15 +182,7 @@ class TextPairs:
     rejected_scores: torch.Tensor | None = None
 
     def __post_init__(self):
-        n = len(self.prompts)
-        if self.prompt_id is None:
-            self.prompt_id = torch.arange(n)
-        if (self.chosen_scores is None) != (self.rejected_scores is None):
-            raise ValueError("aspect scores need both chosen_scores and rejected_scores")
-        for f in fields(self)[1:]:
-            value = getattr(self, f.name)
-            if value is not None and len(value) != n:
-                raise ValueError(f"TextPairs.{f.name} has {len(value)} rows, expected {n}")
+        check_pair_rows(self, len(self.prompts), [f.name for f in fields(self)[1:]])
 
     @classmethod
     def from_dataset(cls, pairs: datasets.Dataset, backbone: Backbone) -> TextPairs:
