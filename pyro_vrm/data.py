@@ -6,7 +6,9 @@ parses it with one of four layouts and returns a ``datasets.Dataset`` with colum
 ``chosen``, ``rejected`` and, where the source has them, ``scores_chosen``/``scores_rejected``
 (K aspect scores each) and ``subset``, together with a :class:`LoadReport`.
 
-Layouts, detected from the columns present when none is named:
+Layouts (when none is named: ``ultrafeedback`` given ``instruction`` and ``completions``; else, given
+``chosen`` and ``rejected``, ``ufc`` if ``score_chosen`` or ``score_rejected`` is a column or the
+first row's ``chosen`` is a list, else ``pairs`` with a ``prompt`` column and ``hh`` without):
 
 ``pairs``
     ``prompt``, ``chosen``, ``rejected`` [, ``scores_chosen``, ``scores_rejected``, ``subset``],
@@ -19,9 +21,15 @@ Layouts, detected from the columns present when none is named:
     not diverge inside a Human turn. An empty response is kept: in HH it is a real answer (the
     assistant said nothing) that the labeller preferred or rejected.
 ``ufc``
-    allenai/ultrafeedback_binarized_cleaned: ``chosen`` and ``rejected`` are message lists; the
-    response is the final (assistant) message, the prompt is the ``prompt`` column, or without one
-    the user turns before it joined by blank lines. ``score_chosen``/``score_rejected`` are ignored.
+    binarized UltraFeedback, e.g. allenai/ultrafeedback_binarized_cleaned or
+    trl-lib/ultrafeedback_binarized: ``chosen`` and ``rejected`` are each a plain string, the
+    response, or a message list, whose final (assistant) message is the response. The prompt is
+    the ``prompt`` column, or without one the user turns before the final message joined by blank
+    lines (so plain-string responses need the column). ``score_chosen`` and ``score_rejected``,
+    where given, are the overall GPT-4 scores (1..10) of the two responses, read as the one aspect
+    :data:`ULTRAFEEDBACK_OVERALL`: K=1 scores ``[score_chosen]`` and ``[score_rejected]``. A row whose
+    two scores are equal is a tie; one whose chosen score is below its rejected score is kept as
+    labelled. With scores an empty response is kept, as in ``hh``: it was rated.
 ``ultrafeedback``
     raw openbmb/UltraFeedback: ``instruction`` and ``completions``, each completion rated 1..5 (or
     "N/A") on the aspects :data:`ULTRAFEEDBACK_ASPECTS`, which give the K=4 scores in that order.
@@ -31,7 +39,8 @@ Layouts, detected from the columns present when none is named:
     when fewer than two completions are fully rated, or when best and worst have equal means.
 
 A row that breaks the layout raises :class:`DataError`; a valid row that gives no pair is dropped
-and counted in the report under one of :data:`DROP_REASONS`.
+and counted in the report under one of :data:`DROP_REASONS` (with ``strict=True`` every such drop
+raises :class:`DataError` instead, naming the row and the reason).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,18 +61,23 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-__all__ = ["DROP_REASONS", "LAYOUTS", "ULTRAFEEDBACK_ASPECTS", "DataError", "LoadReport", "load_preferences"]
+__all__ = ["DROP_REASONS", "LAYOUTS", "ULTRAFEEDBACK_ASPECTS", "ULTRAFEEDBACK_OVERALL", "DataError", "LoadReport",
+           "load_preferences"]
 
 LAYOUTS = ("pairs", "hh", "ufc", "ultrafeedback")
 ULTRAFEEDBACK_ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
+ULTRAFEEDBACK_OVERALL = ("overall",)
 DROP_REASONS = ("tie", "completion_with_na_rating", "fewer_than_two_rated_completions")
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
 _RATING_RANGE = (1.0, 5.0)
+_OVERALL_RANGE = (1.0, 10.0)
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _REQUIRED = {"pairs": ("prompt", "chosen", "rejected"), "hh": ("chosen", "rejected"),
              "ufc": ("chosen", "rejected"), "ultrafeedback": ("instruction", "completions")}
 _SCORES = ("scores_chosen", "scores_rejected")
+_OVERALL_COLUMNS = ("score_chosen", "score_rejected")
+_GIVEN_SCORES = {"pairs": _SCORES, "ufc": _OVERALL_COLUMNS}  # the optional score columns of a layout
 _FEATURES = {name: datasets.Value("string") for name in ("prompt", "chosen", "rejected", "subset")} | {
     name: datasets.Sequence(datasets.Value("float64")) for name in _SCORES}
 _log = logging.getLogger("pyro_vrm.data")
@@ -114,6 +129,7 @@ class LoadReport:
 class _Context:
     source: str
     columns: Mapping[str, str]
+    strict: bool = False
     drops: Counter[str] = field(default_factory=Counter)
 
     def error(self, message: str, row: int | None = None, field: str | None = None) -> DataError:
@@ -121,6 +137,12 @@ class _Context:
             head = field.split("[")[0].split(".")[0]
             field = self.columns.get(head, head) + field[len(head):]
         return DataError(self.source, message, row=row, field=field)
+
+    def drop(self, row: int, reason: str, count: int = 1, why: str = "") -> None:
+        """Count ``count`` drops for ``reason`` at ``row``; under ``strict`` raise instead."""
+        if self.strict and count:
+            raise self.error(f"a {reason!r} drop{why}; strict=True makes every drop an error", row)
+        self.drops[reason] += count
 
     def text(self, row: int, field: str, value: Any, allow_empty: bool = False) -> str:
         if not isinstance(value, str):
@@ -146,15 +168,17 @@ class _Context:
 
 def load_preferences(source: str, split: str | None = None, columns: dict[str, str] | None = None,
                      layout: str | None = None, num_aspects: int | None = None,
-                     score_range: tuple[float, float] | None = None) -> tuple[datasets.Dataset, LoadReport]:
+                     score_range: tuple[float, float] | None = None,
+                     strict: bool = False) -> tuple[datasets.Dataset, LoadReport]:
     """Read ``source`` into validated preference pairs and a report of what was dropped.
 
     ``source`` is a local file or, only when no such path exists and it has no data-file suffix,
     a hub id read with ``split`` (default ``"train"``). ``columns`` maps this module's column
     names to the source's, ``layout`` is one of :data:`LAYOUTS` (detected when None),
     ``num_aspects`` the K every score list must have (else the first row's), ``score_range`` an
-    inclusive (low, high) bound on scores (UltraFeedback ratings must lie in 1..5 regardless).
-    Raises :class:`DataError` on a row or file that breaks the layout.
+    inclusive (low, high) bound on scores (UltraFeedback ratings must lie in 1..5 and overall scores
+    in 1..10 regardless). Raises :class:`DataError` on a row or file that breaks the layout, and
+    with ``strict`` on a row that would be dropped (or hold a dropped completion).
 
     >>> import json, tempfile
     >>> path = Path(tempfile.mkdtemp()) / "prefs.jsonl"
@@ -168,7 +192,7 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
     >>> import shutil; shutil.rmtree(path.parent)
     """
     raw = _read(source, split)
-    ctx = _Context(source, dict(columns or {}))
+    ctx = _Context(source, dict(columns or {}), strict)
     raw = _rename(raw, ctx)
     names = set(raw.column_names)
     layout = layout or _detect_layout(raw, ctx)
@@ -178,9 +202,10 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
         if column not in names:
             raise ctx.error(f"required by layout {layout!r} but missing; columns present: {raw.column_names}",
                             field=column)
-    scored = layout == "ultrafeedback" or (layout == "pairs" and not names.isdisjoint(_SCORES))
-    for given, other in (_SCORES, _SCORES[::-1]):
-        if layout == "pairs" and given in names and other not in names:
+    optional = _GIVEN_SCORES.get(layout, ())
+    scored = layout == "ultrafeedback" or not names.isdisjoint(optional)
+    for given, other in (optional, optional[::-1]) if optional else ():
+        if given in names and other not in names:
             raise ctx.error(f"{given} is given without {other}", field=other)
     out = ["prompt", "chosen", "rejected"]
     out += list(_SCORES) if scored else []
@@ -196,7 +221,7 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
         if scored:
             aspects = _check_aspects(ctx, i, pair, aspects, score_range)
         if pair["chosen"] == pair["rejected"]:
-            ctx.drops["tie"] += 1
+            ctx.drop(i, "tie", why=": chosen and rejected are the same response")
             continue
         for column in out:
             records[column].append(pair[column])
@@ -220,7 +245,8 @@ def _read(source: str, split: str | None) -> datasets.Dataset:
     if builder is None:
         raise DataError(source, f"unknown file type; expected one of {sorted(_BUILDERS)}, optionally .gz")
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split=split or "train")
+        with _quiet_datasets():
+            return datasets.load_dataset(builder, data_files=str(path), split=split or "train")
     except Exception as exc:
         malformed = _find_malformed_json(source) if builder == "json" else None
         if malformed is None and builder != "parquet" and not _read_text(source).strip():
@@ -228,6 +254,24 @@ def _read(source: str, split: str | None) -> datasets.Dataset:
         if malformed is not None:
             raise malformed from exc
         raise
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence the ``datasets`` library's logging, warnings and progress bars while reading a local
+    file, restoring them after: on a malformed file our :class:`DataError` says what is wrong, alone."""
+    logger = datasets.utils.logging.get_logger()
+    level, bars_disabled = logger.level, datasets.utils.are_progress_bars_disabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.CRITICAL + 1)
+        datasets.utils.disable_progress_bars()
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+            if not bars_disabled:
+                datasets.utils.enable_progress_bars()
 
 
 def _rows(raw: datasets.Dataset) -> Iterator[dict[str, Any]]:
@@ -281,7 +325,7 @@ def _detect_layout(raw: datasets.Dataset, ctx: _Context) -> str:
     if {"instruction", "completions"} <= names:
         return "ultrafeedback"
     if {"chosen", "rejected"} <= names:
-        if len(raw) and isinstance(raw[0]["chosen"], list):
+        if not names.isdisjoint(_OVERALL_COLUMNS) or (len(raw) and isinstance(raw[0]["chosen"], list)):
             return "ufc"
         return "pairs" if "prompt" in names else "hh"
     raise ctx.error("cannot tell the layout: expected columns (prompt, chosen, rejected), (chosen, rejected) "
@@ -318,25 +362,52 @@ def _parse_hh(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": chosen[:end], "chosen": chosen[end:].strip(), "rejected": rejected[end:].strip()}
 
 
-def _parse_ufc(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str, Any]:
-    user, chosen = _final_reply(ctx, i, "chosen", row["chosen"])
-    rejected_user, rejected = _final_reply(ctx, i, "rejected", row["rejected"])
+def _parse_ufc(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str, Any] | None:
+    scored = _OVERALL_COLUMNS[0] in row
+    user, chosen = _response(ctx, i, "chosen", row["chosen"], allow_empty=scored)
+    rejected_user, rejected = _response(ctx, i, "rejected", row["rejected"], allow_empty=scored)
     if "prompt" in row:
         user = ctx.text(i, "prompt", row["prompt"])
+    elif user is None or rejected_user is None:
+        raise ctx.error("is a plain string, so the prompt must be a column, but there is none",
+                        i, "chosen" if user is None else "rejected")
     elif user != rejected_user:
         raise ctx.error("user turns differ from those in chosen", i, "rejected")
-    return {"prompt": ctx.text(i, "prompt", user), "chosen": chosen, "rejected": rejected}
+    pair = {"prompt": ctx.text(i, "prompt", user), "chosen": chosen, "rejected": rejected}
+    if not scored:
+        return pair
+    scores = [[_overall(ctx, i, name, row[name])] for name in _OVERALL_COLUMNS]  # K=1: ULTRAFEEDBACK_OVERALL
+    pair["scores_chosen"], pair["scores_rejected"] = scores
+    if pair["scores_chosen"] == pair["scores_rejected"]:
+        ctx.drop(i, "tie", why=f": {_OVERALL_COLUMNS[0]} equals {_OVERALL_COLUMNS[1]}")
+        return None
+    return pair
 
 
-def _final_reply(ctx: _Context, i: int, name: str, messages: Any) -> tuple[str, str]:
+def _response(ctx: _Context, i: int, name: str, value: Any, allow_empty: bool) -> tuple[str | None, str]:
+    """(the user turns before the response, None for a plain string; the response)."""
+    if isinstance(value, str):
+        return None, ctx.text(i, name, value, allow_empty)
+    return _final_reply(ctx, i, name, value, allow_empty)
+
+
+def _final_reply(ctx: _Context, i: int, name: str, messages: Any, allow_empty: bool = False) -> tuple[str, str]:
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise ctx.error(f"must be a non-empty list of messages, got {messages!r:.60}", i, name)
+        raise ctx.error(f"must be a string or a non-empty list of messages, got {messages!r:.60}", i, name)
     if messages[-1].get("role") != "assistant":
         raise ctx.error(f"the last message has role {messages[-1].get('role')!r}, expected 'assistant'",
                         i, f"{name}[-1].role")
     user = [ctx.text(i, f"{name}[{j}].content", m.get("content"))
             for j, m in enumerate(messages[:-1]) if m.get("role") == "user"]
-    return "\n\n".join(user), ctx.text(i, f"{name}[-1].content", messages[-1].get("content"))
+    return "\n\n".join(user), ctx.text(i, f"{name}[-1].content", messages[-1].get("content"), allow_empty)
+
+
+def _overall(ctx: _Context, i: int, name: str, value: Any) -> float:
+    """An overall score: a finite number in 1..10."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not _OVERALL_RANGE[0] <= value <= _OVERALL_RANGE[1]:  # False for nan
+        raise ctx.error(f"must be an overall score, a number in 1..10, got {value!r:.60}", i, name)
+    return float(value)
 
 
 def _parse_ultrafeedback(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -345,15 +416,16 @@ def _parse_ultrafeedback(ctx: _Context, i: int, row: dict[str, Any]) -> dict[str
     if not isinstance(completions, list) or not all(isinstance(c, dict) for c in completions):
         raise ctx.error(f"must be a list of completion objects, got {completions!r:.60}", i, "completions")
     rated = {j: r for j, c in enumerate(completions) if (r := _ratings(ctx, i, j, c)) is not None}
-    ctx.drops["completion_with_na_rating"] += len(completions) - len(rated)
+    ctx.drop(i, "completion_with_na_rating", len(completions) - len(rated),
+             f": completions {sorted(set(range(len(completions))) - set(rated))} lack a rating")
     if len(rated) < 2:
-        ctx.drops["fewer_than_two_rated_completions"] += 1
+        ctx.drop(i, "fewer_than_two_rated_completions")
         return None
     mean = {j: sum(r) / len(r) for j, r in rated.items()}
     best = min(rated, key=lambda j: (-mean[j], j))
     worst = min((j for j in rated if j != best), key=lambda j: (mean[j], j))
     if mean[best] == mean[worst]:
-        ctx.drops["tie"] += 1
+        ctx.drop(i, "tie", why=f": best and worst completions have the same mean rating {mean[best]}")
         return None
     chosen, rejected = (ctx.text(i, f"completions[{j}].response", completions[j].get("response"))
                         for j in (best, worst))

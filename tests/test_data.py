@@ -3,6 +3,7 @@ import doctest
 import gzip
 import json
 import logging
+import sys
 from pathlib import Path
 
 import datasets
@@ -13,6 +14,7 @@ from pyro_vrm.data import DataError, LoadReport, load_preferences
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_SAMPLE = SHARED_DATA / "hh-rlhf-harmless-base-test-even.jsonl.gz"
+UF_SAMPLE = SHARED_DATA / "ultrafeedback-binarized-sample-train1000.jsonl.gz"
 
 PAIRS = [
     {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
@@ -153,14 +155,122 @@ def messages(user, reply):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 
-def test_ufc_takes_the_final_assistant_message_and_ignores_overall_scores(tmp_path):
+def test_ufc_takes_the_final_assistant_message(tmp_path):
     rows = [{"prompt": "Name a colour", "chosen": messages("Name a colour", "Blue"),
-             "rejected": messages("Name a colour", "Seven"), "score_chosen": 9.0, "score_rejected": 2.0}]
+             "rejected": messages("Name a colour", "Seven")}]
     pairs, _ = load_preferences(write_jsonl(tmp_path / "ufc.jsonl", rows))
     assert pairs.to_list() == [{"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven"}]
     no_prompt = [{key: row[key] for key in ("chosen", "rejected")} for row in rows]
     pairs, _ = load_preferences(write_jsonl(tmp_path / "ufc2.jsonl", no_prompt), layout="ufc")
     assert pairs[0]["prompt"] == "Name a colour"
+
+
+def overall(prompt, chosen, rejected, score_chosen, score_rejected, form):
+    """A row of trl-lib/ultrafeedback_binarized, its responses plain strings or message lists."""
+    if form == "messages":
+        chosen, rejected = messages(prompt, chosen), messages(prompt, rejected)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "score_chosen": score_chosen,
+            "score_rejected": score_rejected, "source_index": 7}
+
+
+def overall_rows(form):
+    return [overall("Name a colour", "Blue", "Seven", 8.5, 3, form),
+            overall("2+2?", "4", "four", 7.0, 7.0, form),  # a tie: equal scores
+            overall("Capital of Peru?", "Cusco", "Lima", 4.0, 6.5, form),  # chosen below rejected: kept
+            overall("Say nothing", "", "Nothing.", 2.0, 1.0, form)]  # an empty response was rated: kept
+
+
+@pytest.mark.parametrize("form", ["strings", "messages"])
+def test_ufc_overall_scores_are_one_aspect_and_equal_scores_a_tie(tmp_path, form):
+    pairs, report = load_preferences(write_jsonl(tmp_path / "ufc.jsonl", overall_rows(form)))
+    assert pairs.to_list() == [
+        {"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven", "scores_chosen": [8.5],
+         "scores_rejected": [3.0]},
+        {"prompt": "Capital of Peru?", "chosen": "Cusco", "rejected": "Lima", "scores_chosen": [4.0],
+         "scores_rejected": [6.5]},
+        {"prompt": "Say nothing", "chosen": "", "rejected": "Nothing.", "scores_chosen": [2.0],
+         "scores_rejected": [1.0]},
+    ]
+    assert all(len(scores) == len(pyro_vrm.data.ULTRAFEEDBACK_OVERALL) == 1 for scores in pairs["scores_chosen"])
+    assert (report.rows_read, report.pairs_kept, report.dropped) == (4, 3, {"tie": 1})
+
+
+@pytest.mark.parametrize("form", ["strings", "messages"])
+def test_ufc_strict_makes_a_tie_an_error_naming_the_row(tmp_path, form):
+    path = write_jsonl(tmp_path / "ufc.jsonl", overall_rows(form))
+    message = r"ufc\.jsonl, row 1: a 'tie' drop: score_chosen equals score_rejected; strict=True"
+    with pytest.raises(DataError, match=message) as info:
+        load_preferences(path, strict=True)
+    assert info.value.row == 1
+    same_text = [overall("p", "a", "a", 9.0, 2.0, form)]  # unequal scores, one response: a tie too
+    path = write_jsonl(tmp_path / "same.jsonl", overall_rows(form)[:1] + same_text)
+    with pytest.raises(DataError, match=r"row 1: a 'tie' drop: chosen and rejected are the same response"):
+        load_preferences(path, strict=True)
+    assert load_preferences(path)[1].dropped == {"tie": 1}
+
+
+@pytest.mark.parametrize("form", ["strings", "messages"])
+@pytest.mark.parametrize("field", ["score_chosen", "score_rejected"])
+@pytest.mark.parametrize("score", [11, 0.5, 10.01, 0, -3, float("nan"), float("inf"), None, True])
+def test_ufc_overall_score_outside_1_to_10_is_an_error_naming_the_field(tmp_path, form, field, score):
+    bad = overall("p", "a", "b", 9.0, 2.0, form) | {field: score}
+    path = write_jsonl(tmp_path / "ufc.jsonl", overall_rows(form)[:1] + [bad])
+    with pytest.raises(DataError, match=rf"ufc\.jsonl, row 1, field '{field}': must be an overall score, .* 1\.\.10"):
+        load_preferences(path)
+
+
+def test_ufc_overall_score_given_as_text_is_an_error(tmp_path):
+    # alone in its file: datasets would decode a "8" beside numbers in the same column as JSON, to 8
+    path = write_jsonl(tmp_path / "ufc.jsonl", [overall("p", "a", "b", "8", 2.0, "strings")])
+    with pytest.raises(DataError, match=r"row 0, field 'score_chosen': must be an overall score, .* got '8'"):
+        load_preferences(path)
+
+
+def test_ufc_scores_at_the_ends_of_the_range_are_kept(tmp_path):
+    path = write_jsonl(tmp_path / "ufc.jsonl", [overall("p", "a", "b", 10, 1, "strings")])
+    assert load_preferences(path)[0]["scores_chosen"] == [[10.0]]
+
+
+def test_ufc_one_score_without_the_other_is_an_error(tmp_path):
+    row = overall("p", "a", "b", 9.0, 2.0, "strings")
+    del row["score_rejected"]
+    with pytest.raises(DataError, match="'score_rejected': score_chosen is given without score_rejected"):
+        load_preferences(write_jsonl(tmp_path / "ufc.jsonl", [row]))
+
+
+def test_ufc_plain_string_responses_need_the_prompt_column(tmp_path):
+    row = overall("p", "a", "b", 9.0, 2.0, "strings")
+    del row["prompt"]
+    with pytest.raises(DataError, match="row 0, field 'chosen': is a plain string, so the prompt must be a column"):
+        load_preferences(write_jsonl(tmp_path / "ufc.jsonl", [row]))
+
+
+def test_trl_ultrafeedback_binarized_hub_columns_are_detected(monkeypatch):
+    hub = [{key: row[key] for key in ("chosen", "rejected", "score_chosen", "score_rejected")}
+           for row in overall_rows("messages")]  # its hub layout: message lists, no prompt column
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, split: datasets.Dataset.from_list(hub))
+    pairs, report = load_preferences("trl-lib/ultrafeedback_binarized")
+    assert pairs[0] == {"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven",
+                        "scores_chosen": [8.5], "scores_rejected": [3.0]}
+    assert (report.rows_read, report.pairs_kept, report.dropped) == (4, 3, {"tie": 1})
+
+
+def test_ultrafeedback_binarized_real_sample():
+    if not UF_SAMPLE.is_file():
+        pytest.skip(f"../shared/data is absent: {UF_SAMPLE} not found")
+    with gzip.open(UF_SAMPLE, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    equal_scores = sum(row["score_chosen"] == row["score_rejected"] for row in rows)
+    # the loader also drops a pair of one response twice as a tie, whatever its scores (3 such rows)
+    same_response = sum(row["chosen"] == row["rejected"] and row["score_chosen"] != row["score_rejected"]
+                        for row in rows)
+    pairs, report = load_preferences(str(UF_SAMPLE))
+    assert (report.rows_read, len(rows)) == (1000, 1000)
+    assert report.pairs_kept + report.dropped["tie"] == 1000 and set(report.dropped) == {"tie"}
+    assert report.dropped["tie"] == equal_scores + same_response
+    assert pairs.column_names == ["prompt", "chosen", "rejected", "scores_chosen", "scores_rejected"]
+    assert all(len(c) == len(r) == 1 for c, r in zip(pairs["scores_chosen"], pairs["scores_rejected"]))
+    assert all(1 <= c[0] <= 10 and 1 <= r[0] <= 10 for c, r in zip(pairs["scores_chosen"], pairs["scores_rejected"]))
 
 
 def test_ufc_last_message_must_be_the_assistants(tmp_path):
@@ -216,6 +326,22 @@ def test_ultrafeedback_rating_outside_1_to_5_is_an_error_beside_an_na_rating(tmp
         completion("a", "5", "5", "5", "5"), completion("b", "N/A", "1", "9", "1")]}]
     with pytest.raises(DataError, match=r"row 0, field 'completions\[1\]\.annotations\.honesty\.Rating'"):
         load_preferences(write_jsonl(tmp_path / "uf.jsonl", rows))
+
+
+@pytest.mark.parametrize("rows, what", [
+    pytest.param(PAIRS, r"row 1: a 'tie' drop: chosen and rejected are the same response", id="pairs tie"),
+    pytest.param(ULTRAFEEDBACK, r"row 1: a 'completion_with_na_rating' drop: completions \[0\] lack a rating",
+                 id="N/A rating"),
+    pytest.param([{"instruction": "i", "completions": [completion("x", "5", "5", "5", "5")]}],
+                 r"row 0: a 'fewer_than_two_rated_completions' drop", id="one completion"),
+    pytest.param(ULTRAFEEDBACK[3:], r"row 0: a 'tie' drop: best and worst completions have the same mean rating 3\.0",
+                 id="ultrafeedback tie"),
+])
+def test_strict_makes_every_drop_an_error_naming_the_row_and_reason(tmp_path, rows, what):
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    assert load_preferences(path)[1].dropped
+    with pytest.raises(DataError, match=rf"p\.jsonl, {what}; strict=True makes every drop an error"):
+        load_preferences(path, strict=True)
 
 
 def test_ultrafeedback_has_four_aspects(tmp_path):
@@ -354,3 +480,24 @@ def test_the_report_lists_only_drop_reasons_that_occurred(tmp_path):
                                                {"response": "b", "annotations": rated | {"honesty": {"Rating": "2"}}}]}
     _, report = load_preferences(write_jsonl(tmp_path / "uf.jsonl", [row]))
     assert report.dropped == {} and str(report).endswith("dropped nothing")
+
+
+def test_a_malformed_json_line_is_our_one_line_on_stderr(tmp_path, capfd, monkeypatch):
+    for handler in logging.getLogger("datasets").handlers:  # made at import, inside pytest's own capture:
+        monkeypatch.setattr(handler, "stream", sys.__stderr__)  # write to fd 2, as outside pytest
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(PAIRS[0]) + '\n{"prompt": "p", "chosen": \n')  # datasets logs an error on this one
+    before = datasets.utils.logging.get_verbosity()
+    datasets.utils.logging.set_verbosity_info()  # louder than the default, so that restoring it is tested
+    try:
+        with pytest.raises(DataError) as info:
+            load_preferences(str(path))
+        after = datasets.utils.logging.get_verbosity()
+    finally:
+        datasets.utils.logging.set_verbosity(before)
+    err = capfd.readouterr().err
+    assert "Failed to load JSON" not in err, err
+    assert err == "", err  # nor a progress bar: the DataError is all the user sees
+    assert str(info.value).startswith(f"{path}, row 1, line 2: malformed JSON line")
+    assert (info.value.source, info.value.row, info.value.line) == (str(path), 1, 2)
+    assert after == datasets.logging.INFO

@@ -139,45 +139,72 @@ def test_hh_files(folder, data, named):
 
 
 # -- ufc -----------------------------------------------------------------------------------
+OVERALL = st.sampled_from([1, 2.5, 7.0, 8.5, 10])  # few values, so that equal scores (ties) are common
+BAD_OVERALL = st.sampled_from([0, 0.5, 10.5, 11, -3, None, True])
+
+
 @st.composite
-def ufc_record(draw, with_prompt, bad):
+def ufc_record(draw, with_prompt, strings, scored, bad):
+    """A binarized UltraFeedback row: message lists (strings=False) or plain-string responses (only
+    with a prompt column), with overall scores or without."""
     questions = draw(st.lists(TEXT, min_size=1, max_size=2))
     turns = []
     for q in questions:
         turns += [{"role": "user", "content": q}, {"role": "assistant", "content": draw(TEXT)}]
     turns.pop()
-    chosen, rejected = draw(TEXT), draw(TEXT)
-    record = {"chosen": turns + [{"role": "assistant", "content": chosen}],
-              "rejected": turns + [{"role": "assistant", "content": rejected}]}
+    chosen, rejected = (draw(MAYBE_EMPTY if scored else TEXT) for _ in range(2))  # a rated response may be empty
+    record = {"chosen": chosen, "rejected": rejected} if strings else {
+        "chosen": turns + [{"role": "assistant", "content": chosen}],
+        "rejected": turns + [{"role": "assistant", "content": rejected}]}
     prompt = "\n\n".join(questions)
     if with_prompt:
         prompt = record["prompt"] = draw(TEXT)
+    if scored:
+        record["score_chosen"], record["score_rejected"] = draw(OVERALL), draw(OVERALL)
     if not bad:
-        return record, pair_or_tie({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if not scored:
+            return record, pair_or_tie(pair)
+        if record["score_chosen"] == record["score_rejected"]:
+            return record, ("drop", None, ["tie"])
+        scores = {"scores_chosen": [float(record["score_chosen"])],
+                  "scores_rejected": [float(record["score_rejected"])]}
+        return record, pair_or_tie(pair | scores)
     side = draw(st.sampled_from(["chosen", "rejected"]))
-    kind = draw(st.sampled_from(["not a list", "empty", "last role", "final content", "user content"]
-                                + (["prompt"] if with_prompt else ["other user turns"])))
+    kinds = ["not a list", "user content"] if not strings else ["not a list"]
+    kinds += ["empty", "last role"] if not strings else []
+    kinds += ["final content"] if not scored else []
+    kinds += ["prompt"] if with_prompt else ["other user turns", "plain string"]
+    kinds += ["score"] * 3 if scored else []  # weighted: a score out of 1..10 is the layout's own check
+    kind = draw(st.sampled_from(kinds))
     if kind == "not a list":
-        record[side] = draw(st.sampled_from(["text", 3, None]))
+        record[side] = draw(st.sampled_from([3, None, ["text"]]))
+    elif kind == "plain string":
+        record[side] = draw(TEXT)
     elif kind == "empty":
         record[side] = []
     elif kind == "last role":
         record[side] = record[side] + [{"role": "user", "content": "more?"}]
     elif kind == "final content":
-        record[side] = record[side][:-1] + [{"role": "assistant", "content": draw(st.sampled_from(["", " "]))}]
+        blank = draw(st.sampled_from(["", " "]))
+        record[side] = blank if strings else record[side][:-1] + [{"role": "assistant", "content": blank}]
     elif kind == "user content":
         record[side] = [{"role": "user", "content": " "}] + record[side]
     elif kind == "prompt":
         record["prompt"] = draw(st.sampled_from(["", "  "]))
+    elif kind == "score":
+        record[draw(st.sampled_from(["score_chosen", "score_rejected"]))] = draw(BAD_OVERALL)
     else:
         record["rejected"] = [{"role": "user", "content": "another question"}] + record["rejected"]
     return record, BAD
 
 
 @SETTINGS
-@given(data=st.data(), with_prompt=st.booleans(), named=st.booleans())
-def test_ufc_files(folder, data, with_prompt, named):
-    records = data.draw(a_file(lambda bad: ufc_record(with_prompt, bad), named))
+@given(data=st.data(), with_prompt=st.booleans(), strings=st.booleans(), scored=st.booleans(),
+       named=st.booleans())
+def test_ufc_files(folder, data, with_prompt, strings, scored, named):
+    with_prompt = with_prompt or strings
+    records = data.draw(a_file(lambda bad: ufc_record(with_prompt, strings, scored, bad), named))
     check(folder, "ufc", named, records)
 
 
