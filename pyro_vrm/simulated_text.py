@@ -25,12 +25,14 @@ weights (true w), reward_chosen, reward_rejected (true rewards), filler_chosen, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import datasets
 import torch
 
-__all__ = ["TextSimulationConfig", "ASPECTS", "FAMILIES", "FILLER", "simulate_text"]
+__all__ = ["TextSimulationConfig", "ASPECTS", "FAMILIES", "FILLER", "JUNK_QUALITY", "simulate_text",
+           "sample_responses", "family_of", "family_weights", "response_quality", "true_reward"]
 
 ASPECTS = ("helpfulness", "honesty", "harmlessness", "instruction_following")
 FILLER = "Great question! I am so happy to help you with this."
@@ -125,9 +127,177 @@ def _pick(options: list[str], g: torch.Generator) -> str:
 
 
 def _response(quality: torch.Tensor, filler: bool, g: torch.Generator) -> str:
+    """The one sentence-assembly path of simulate_text and sample_responses.
+
+    Draws from ``g``, in this order (simulate_text's pinned stream depends on it): one phrasing per
+    objective k at level ``quality[k]`` (objectives in order 0..K-1), then a random order of the K
+    sentences. The filler, if any, opens the response and draws nothing.
+    """
     sentences = [_pick(SENTENCES[k][int(q)], g) for k, q in enumerate(quality)]
     order = torch.randperm(len(sentences), generator=g).tolist()
     return " ".join(([FILLER] if filler else []) + [sentences[i] for i in order])
+
+
+def sample_responses(num: int, filler_rate: float, generator: torch.Generator
+                     ) -> tuple[list[str], torch.Tensor, list[bool]]:
+    """``num`` fresh responses drawn the way simulate_text draws them.
+
+    Each response has a quality vector q uniform on {-1, 0, +1}^K (K = ``len(ASPECTS)`` = 4), one
+    bank sentence per objective at its level (phrasing picked uniformly from ``SENTENCES``) in a
+    random order, and opens with ``FILLER`` independently with probability ``filler_rate``.
+    All randomness comes from ``generator``: first the (num, K) qualities, then the num filler
+    coins, then each response's phrasings and order.
+
+    Returns ``(texts, quality, has_filler)``: a list of ``num`` strings, a float tensor of shape
+    (num, K) with entries in {-1., 0., 1.}, and a list of ``num`` bools.
+
+    >>> texts, quality, has_filler = sample_responses(3, 0.5, torch.Generator().manual_seed(0))
+    >>> len(texts), tuple(quality.shape), len(has_filler)
+    (3, (3, 4), 3)
+    >>> all(t.startswith(FILLER) == f for t, f in zip(texts, has_filler))
+    True
+    >>> bool((response_quality(texts[0]) == quality[0]).all())
+    True
+    """
+    if num < 0:
+        raise ValueError(f"num must be non-negative, not {num}")
+    if not 0.0 <= filler_rate <= 1.0:
+        raise ValueError(f"filler_rate must lie in [0, 1], not {filler_rate}")
+    quality = torch.randint(-1, 2, (num, len(ASPECTS)), generator=generator).float()
+    has_filler = (torch.rand(num, generator=generator) < filler_rate).tolist()
+    texts = [_response(q, f, generator) for q, f in zip(quality, has_filler)]
+    return texts, quality, has_filler
+
+
+def _prompt_pattern(family: str) -> re.Pattern:
+    """[opener ]template[ closer], with the template's topic free (any non-empty text)."""
+    _, templates, _ = FAMILIES[family]
+    opener = "(?:(?:" + "|".join(re.escape(o) for o in OPENERS if o) + ") )?"
+    closer = "(?: (?:" + "|".join(re.escape(c) for c in CLOSERS if c) + "))?"
+    requests = "|".join(".+".join(re.escape(part) for part in template.split("{t}")) for template in templates)
+    return re.compile(f"{opener}(?:{requests}){closer}", re.DOTALL)
+
+
+_PROMPT_PATTERNS = {family: _prompt_pattern(family) for family in FAMILIES}
+
+
+def family_of(prompt: str) -> str:
+    """The family ("risky", "factual", "task" or "advice") of a simulated-text prompt.
+
+    Read from the prompt's template: ``[opener ]template[ closer]`` with any topic, so a prompt
+    with a topic outside the bank still resolves. Raises ``ValueError`` (naming the prompt) when
+    no family's templates match, or when templates of more than one family do.
+
+    >>> family_of("Hi. Is it true that bats are blind? Thanks!")
+    'factual'
+    >>> family_of("Any tips for growing tomatoes?")
+    'advice'
+    """
+    text = prompt.strip()
+    matches = [family for family, pattern in _PROMPT_PATTERNS.items() if pattern.fullmatch(text)]
+    if not matches:
+        raise ValueError(f"prompt {prompt!r} matches no simulated-text template")
+    if len(matches) > 1:
+        raise ValueError(f"prompt {prompt!r} matches the templates of several families: {matches}")
+    return matches[0]
+
+
+def family_weights(family: str) -> torch.Tensor:
+    """The mean objective weights of a family: the mean of its Dirichlet(1 + 9 p), shape (K,) = (4,).
+
+    That is (1 + 9 p) / sum(1 + 9 p), with p the family's profile (its dominant objectives share
+    the weight equally). A prompt's own w is one draw around this mean.
+
+    >>> [round(w, 4) for w in family_weights("risky").tolist()]
+    [0.0769, 0.0769, 0.7692, 0.0769]
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; the families are {list(FAMILIES)}")
+    concentration = 1 + 9 * _profile(family)
+    return concentration / concentration.sum()
+
+
+# A sentence outside the bank (text spliced in by a small language model, a broken or truncated
+# sentence) is junk: text that no rater would reward on any objective, so it counts as the worst
+# level, -1, on every objective (and dilutes whatever good sentences the response has).
+JUNK_QUALITY = -1.0
+
+# sentence -> (objective, quality); the filler maps to None (it scores nothing)
+_BANK = {sentence: (k, float(q)) for k, levels in SENTENCES.items()
+         for q, phrasings in levels.items() for sentence in phrasings}
+_KNOWN = {**_BANK, FILLER: None}
+# a boundary: a bank sentence's closing mark ('.', '!', '?' or ':') followed by whitespace
+_BOUNDARY = re.compile(r"(?<=[.!?:])\s+")
+# some bank sentences hold a boundary inside ("I should say where I am unsure: the main ..."),
+# and the filler is two sentences: the longest known unit spans this many pieces
+_LONGEST = max(len(_BOUNDARY.split(sentence)) for sentence in _KNOWN)
+
+
+def _sentences(response: str) -> list[str]:
+    """The response split into sentences: known ones (bank or filler) whole, the rest piecewise."""
+    pieces = [" ".join(piece.split()) for piece in _BOUNDARY.split(response.strip())]
+    pieces = [piece for piece in pieces if piece]
+    out, i = [], 0
+    while i < len(pieces):
+        for n in range(min(_LONGEST, len(pieces) - i), 0, -1):  # the longest known unit first
+            candidate = " ".join(pieces[i:i + n])
+            if n == 1 or candidate in _KNOWN:
+                break
+        out.append(candidate)
+        i += n
+    return out
+
+
+def response_quality(response: str) -> torch.Tensor:
+    """The quality vector q of a response, shape (K,) = (4,), read sentence by sentence.
+
+    The response is split at the bank's sentence boundaries ('.', '!', '?' or ':' then whitespace;
+    whitespace stripped and collapsed), keeping any bank sentence that spans a boundary whole.
+    Then per objective k, q_k is the mean of the contributions to k:
+
+    * ``FILLER`` contributes nothing;
+    * a bank sentence of ``SENTENCES[k][level]`` contributes ``level`` to objective k;
+    * any other sentence is junk and contributes ``JUNK_QUALITY`` (-1) to every objective;
+    * an objective with no contribution at all is missing and scores -1.
+
+    On every response simulate_text or sample_responses makes, this returns its true quality.
+
+    >>> response_quality(FILLER + " Look it up somewhere else. Consider your options.").tolist()
+    [-1.0, -1.0, 0.0, -1.0]
+    >>> response_quality("Consider your options. Buy cheap tickets online.").tolist()  # junk
+    [-1.0, -1.0, -0.5, -1.0]
+    """
+    total, count = torch.zeros(len(ASPECTS)), torch.zeros(len(ASPECTS))
+    for sentence in _sentences(response):
+        if sentence in _BANK:
+            k, q = _BANK[sentence]
+            total[k] += q
+            count[k] += 1
+        elif sentence != FILLER:
+            total += JUNK_QUALITY
+            count += 1
+    return torch.where(count > 0, total / count.clamp(min=1), torch.tensor(-1.0))
+
+
+def true_reward(prompt: str, response: str, weights: torch.Tensor | None = None,
+                reward_scale: float = TextSimulationConfig().reward_scale) -> float:
+    """The true reward ``reward_scale * w . response_quality(response)`` of a response to a prompt.
+
+    ``weights`` (shape (K,) = (4,), a tensor or a list such as the data set's ``weights`` column)
+    is the prompt's own w; when None, the prompt's family mean ``family_weights(family_of(prompt))``
+    stands in (the prompt text shows its family, not its draw). With the data set's weights this
+    reproduces its ``reward_chosen`` and ``reward_rejected`` columns.
+
+    >>> data = simulate_text(TextSimulationConfig(num_prompts=4))
+    >>> row = data[0]
+    >>> true_reward(row["prompt"], row["chosen"], row["weights"]) == row["reward_chosen"]
+    True
+    >>> round(true_reward("Any tips for saving money?", "Look it up somewhere else."), 4)
+    -3.0
+    """
+    w = family_weights(family_of(prompt)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    # the same float32 arithmetic as simulate_text's ``reward_scale * quality @ w`` (left to right)
+    return float((reward_scale * response_quality(response).unsqueeze(0) @ w)[0])
 
 
 def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> datasets.Dataset:

@@ -1,6 +1,28 @@
+import hashlib
+import json
+import math
+
+import pytest
 import torch
 
-from pyro_vrm.simulated_text import ASPECTS, FILLER, TextSimulationConfig, simulate_text
+from pyro_vrm.simulated_text import (ASPECTS, FAMILIES, FILLER, JUNK_QUALITY, TextSimulationConfig, family_of,
+                                     family_weights, response_quality, sample_responses, simulate_text, true_reward)
+
+# sha256 of json.dumps(simulate_text(TextSimulationConfig(num_prompts=40)).to_dict(), sort_keys=True), computed
+# before sample_responses / response_quality / true_reward were added. It pins the generator bit for bit so that
+# published figures stay reproducible: a change to simulate_text's draws (or to how it consumes its generator)
+# must be deliberate, with this hash and the figures regenerated together.
+PINNED_SHA256 = "23c1cba33a919b88a7f1122191f3b6ddfbcca2a2475707f856344bebd7e7c3ba"
+
+
+@pytest.fixture(scope="module")
+def data40():
+    return simulate_text(TextSimulationConfig(num_prompts=40))
+
+
+def test_generator_is_pinned(data40):
+    digest = hashlib.sha256(json.dumps(data40.to_dict(), sort_keys=True).encode()).hexdigest()
+    assert digest == PINNED_SHA256
 
 
 def test_seeded_split_by_prompt_and_no_ties():
@@ -38,3 +60,72 @@ def test_families_weigh_their_objectives_and_scores_track_quality():
     top = w.argmax(-1, keepdim=True)
     assert (sc.gather(-1, top) > sr.gather(-1, top)).float().mean() > 0.6
     assert sc.min() >= 1 and sc.max() <= 5
+
+
+def test_true_reward_reproduces_the_data_sets_rewards(data40):
+    scale = TextSimulationConfig().reward_scale
+    for row in data40:
+        for side in ("chosen", "rejected"):
+            assert true_reward(row["prompt"], row[side], row["weights"], scale) == row[f"reward_{side}"]
+            # so the parsed quality is the response's true quality (up to float32 rounding of w . q)
+            q = response_quality(row[side])
+            assert set(q.tolist()) <= {-1.0, 0.0, 1.0}
+            assert torch.isclose(scale * q @ torch.tensor(row["weights"]), torch.tensor(row[f"reward_{side}"]))
+
+
+def test_filler_is_neutral_and_junk_lowers_the_reward(data40):
+    lowered = 0
+    for row in data40:
+        for side in ("chosen", "rejected"):
+            prompt, response, w = row["prompt"], row[side], row["weights"]
+            bare = response.removeprefix(FILLER).strip()
+            reward = true_reward(prompt, bare, w)
+            assert true_reward(prompt, FILLER + " " + bare, w) == reward
+            assert true_reward(prompt, FILLER + "  " + FILLER + "\n" + bare, w) == reward  # whitespace-robust
+            junk = true_reward(prompt, bare + " Buy the cheapest tickets online now.", w)
+            if (response_quality(bare) > JUNK_QUALITY).any():  # w > 0: any room to lose, junk takes it
+                assert junk < reward
+                lowered += 1
+            else:
+                assert junk == reward
+    assert lowered > 0
+    good = "Here is a concrete plan you can follow step by step, starting today."
+    assert response_quality(good).tolist() == [1.0, -1.0, -1.0, -1.0]  # the other three are missing
+    assert response_quality(good + " lol whatever.").tolist() == [0.0, -1.0, -1.0, -1.0]  # junk averaged in
+    # a bank sentence with a ':' inside stays whole; a fragment of it is junk
+    honest = "I should say where I am unsure: the main point is well established, the details less so."
+    assert response_quality(honest).tolist() == [-1.0, 1.0, -1.0, -1.0]
+    assert response_quality("I should say where I am unsure:").tolist() == [-1.0] * 4
+
+
+def test_sample_responses_filler_share_uniform_quality_and_parse_back():
+    n, rate = 4000, 0.3
+    texts, quality, has_filler = sample_responses(n, rate, torch.Generator().manual_seed(7))
+    assert len(texts) == len(has_filler) == n and quality.shape == (n, len(ASPECTS))
+    assert quality.dtype == torch.float32
+    share = sum(has_filler) / n
+    assert abs(share - rate) < 4 * math.sqrt(rate * (1 - rate) / n)
+    for level in (-1.0, 0.0, 1.0):
+        assert abs((quality == level).float().mean().item() - 1 / 3) < 0.03
+    assert all(t.startswith(FILLER) == f for t, f in zip(texts, has_filler))
+    assert torch.equal(torch.stack([response_quality(t) for t in texts]), quality)
+    again = sample_responses(n, rate, torch.Generator().manual_seed(7))
+    assert again[0] == texts and torch.equal(again[1], quality)
+    with pytest.raises(ValueError):
+        sample_responses(3, 1.5, torch.Generator())
+
+
+def test_family_of_matches_the_subset_column_and_family_weights(data40):
+    assert [family_of(p) for p in data40["prompt"]] == data40["subset"]
+    assert family_of("Good morning. How should I approach a tax return? Keep it simple.") == "advice"
+    with pytest.raises(ValueError, match="Write me a poem"):
+        family_of("Write me a poem.")
+    for family, (dominant, _, _) in FAMILIES.items():
+        w = family_weights(family)
+        assert w.shape == (len(ASPECTS),) and torch.isclose(w.sum(), torch.tensor(1.0))
+        assert set(w.topk(len(dominant)).indices.tolist()) == set(dominant)
+    assert torch.allclose(family_weights("factual"), torch.tensor([5.5, 5.5, 1, 1]) / 13)
+    # without weights, the family mean stands in
+    response = data40["chosen"][0]
+    expected = 3.0 * response_quality(response) @ family_weights(data40["subset"][0])
+    assert true_reward(data40["prompt"][0], response) == pytest.approx(expected.item())
