@@ -1,9 +1,11 @@
-"""What the paper's experiment scripts share: data through the feature cache, learning curves of
-VRM and the Bradley-Terry RM on the same data, split, minibatches and seed, tables and plots.
+"""What the experiment scripts share: data through the feature cache, fits of VRM and its
+controls on the same data, split, minibatches, seed and step budget, tables and plots.
 
 Every script runs with no arguments on the offline default (MiniLM features of simulated-text);
 ``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
-../shared/data), ``--backbone`` any transformers model.
+../shared/data), ``--backbone`` any transformers model. The models compared are named as in
+:data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-paper`` (the paper's objective), ``rm``,
+``rm-tuned`` and ``twin``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -24,56 +27,79 @@ transformers.utils.logging.disable_progress_bar()
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vrm.baseline import fit_reward_model  # noqa: E402
-from pyro_vrm.config import BackboneConfig  # noqa: E402
-from pyro_vrm.pipeline import load_text_features, split_text  # noqa: E402
-from pyro_vrm.config import ModelConfig, TrainConfig  # noqa: E402
-from pyro_vrm.evaluate import pearson, predict  # noqa: E402
-from pyro_vrm.posterior import reward_posterior  # noqa: E402
-from pyro_vrm.runs import RunDir  # noqa: E402
-from pyro_vrm.supervision import supervision_target  # noqa: E402
-from pyro_vrm.train import fit_vrm, supervision_setup  # noqa: E402
-from pyro_vrm.vrm import VRM  # noqa: E402
+from pyro_vrm import (BackboneConfig, ModelConfig, RunDir, TrainConfig, fit_reward_model,  # noqa: E402
+                      fit_tuned_reward_model, fit_twin, fit_vrm, load_text_features, pairwise_accuracy, pearson,
+                      predict, preset, split_text, supervision_setup, supervision_target, weight_means)
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test-even.jsonl.gz"
+UF = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback-binarized-sample-train1000.jsonl.gz"
+SHARED = {"hh": HH, "uf": UF}
+
+# name -> (model kind, preset): the models an experiment can compare
+MODELS = {"vrm": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"), "rm": ("rm", "recommended"),
+          "rm-tuned": ("rm-tuned", "recommended"), "twin": ("twin", "recommended")}
+LABELS = {"vrm": "VRM", "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
+          "twin": "twin"}
 
 
-def parser(description: str, steps: int = 1000, seeds: int = 1) -> argparse.ArgumentParser:
+def parser(description: str, steps: int = 1000, seeds: int = 1, models: str = "vrm,rm") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default="simulated-text",
-                   help="simulated-text (default), hh (the HH-RLHF sample in ../shared/data), a file or a hub id")
+                   help="simulated-text (default), hh or uf (the HH-RLHF and UltraFeedback samples in "
+                        "../shared/data), a file or a hub id")
     p.add_argument("--backbone", default="minilm", help="minilm, a hub id or a local model folder")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--seeds", type=int, default=seeds, help="seeds 0 .. N-1")
+    p.add_argument("--models", default=models, help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="output folder (default experiments/out/<script>)")
     return p
 
 
+def model_names(args) -> list[str]:
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        sys.exit(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    return names
+
+
 def load(args) -> dict:
     """{"train", "test", maybe "shifted": PreferenceFeatures, "pairs": the text, "truth": ...}."""
-    data = str(HH) if args.data == "hh" else args.data
-    if args.data == "hh" and not HH.exists():
-        sys.exit(f"--data hh needs {HH}, which is absent")
+    data = str(SHARED[args.data]) if args.data in SHARED else args.data
+    if args.data in SHARED and not SHARED[args.data].exists():
+        sys.exit(f"--data {args.data} needs {SHARED[args.data]}, which is absent")
     backbone = BackboneConfig(backbone=args.backbone, max_length=args.max_length)
     pairs, features, _ = load_text_features(data, backbone, args.cache_dir)
     splits, truth = split_text(pairs, features, test_fraction=0.2, seed=0)
     return {**splits, "pairs": pairs, "truth": truth}
 
 
-def curve(kind: str, data: dict, out: Path, seed: int = 0, steps: int = 1000, log_every: int = 50,
+def configs(name: str, seed: int = 0, steps: int = 1000, log_every: int = 50,
+            model_config: ModelConfig = ModelConfig(), **train_overrides) -> tuple[ModelConfig, TrainConfig]:
+    """The configurations of model ``name`` of :data:`MODELS`: its preset, then the overrides."""
+    train = TrainConfig(steps=steps, seed=seed, log_every=log_every, checkpoint_every=steps)
+    model, train = preset(MODELS[name][1], model_config, train)
+    return model, replace(train, **train_overrides)
+
+
+def curve(name: str, data: dict, out: Path, seed: int = 0, steps: int = 1000, log_every: int = 50,
           model_config: ModelConfig = ModelConfig(), **train_overrides) -> tuple[list[dict], object]:
-    """Fit VRM (``kind="vrm"``) or the RM; return its metrics per logged step, with the accuracy
-    on the test pairs (``eval_accuracy``) and, for VRM, how well E[w] tracks the aspect target on
-    them (``eval_target_corr``), and the fitted model."""
-    config = TrainConfig(steps=steps, seed=seed, log_every=log_every, checkpoint_every=steps, **train_overrides)
-    test = data["test"]
-    monitor = _monitor(test, data["train"], config)
-    run = RunDir(out)
+    """Fit model ``name`` of :data:`MODELS`; return its metrics per logged step, with the accuracy
+    on the test pairs (``eval_accuracy``) and, for VRM and the twin, how well E[w] tracks the
+    aspect target on them (``eval_target_corr``), and the fitted model."""
+    model_config, config = configs(name, seed, steps, log_every, model_config, **train_overrides)
+    monitor = _monitor(data["test"], data["train"], config)
+    run, kind = RunDir(out), MODELS[name][0]
     if kind == "vrm":
         model, _ = fit_vrm(data["train"], model_config, config, run=run, progress=False, monitor=monitor)
+    elif kind == "twin":
+        model, _ = fit_twin(data["train"], model_config, config, run=run, progress=False, monitor=monitor)
+    elif kind == "rm-tuned":
+        model, _ = fit_tuned_reward_model(data["train"], model_config, config, run=run, progress=False,
+                                          monitor=monitor)
     else:
         model = fit_reward_model(data["train"], model_config, config, run=run, progress=False, monitor=monitor)
     return run.read_metrics(), model
@@ -83,17 +109,10 @@ def _monitor(test, train, config: TrainConfig):
     standardizer, _ = supervision_setup(train, config)
 
     def monitor(model) -> dict:
-        if isinstance(model, VRM):
-            with torch.no_grad():
-                r_c = reward_posterior(model, test.prompt_state, test.chosen_state)[0]
-                r_r = reward_posterior(model, test.prompt_state, test.rejected_state)[0]
-        else:
-            pred = predict(model, test)
-            r_c, r_r = pred.mean_chosen, pred.mean_rejected
-        record = {"eval_accuracy": float((r_c > r_r).float().mean())}
-        if standardizer is not None and isinstance(model, VRM):
-            with torch.no_grad():
-                mean_w = model.amortized_guide.weight_posterior(test.prompt_state).mean
+        pred = predict(model, test)
+        record = {"eval_accuracy": pairwise_accuracy(pred.mean_chosen, pred.mean_rejected)}
+        mean_w = weight_means(model, test)
+        if standardizer is not None and mean_w is not None:
             target = supervision_target(standardizer(test.chosen_scores), config.sup_temperature)
             record["eval_target_corr"] = pearson(mean_w, target)
         return record
@@ -145,5 +164,3 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-

@@ -2,32 +2,25 @@
 
 A scalar head r = g(h_x, h_xy) with the capacity of one of VRM's guide networks (same width and
 depth), trained with -logsigmoid(r_chosen - r_rejected) on the same minibatches, with the same
-optimizer, learning-rate schedule and step budget as VRM.
+optimizer, learning-rate schedule and step budget as VRM (:func:`pyro_vrm.train.fit_reward_model`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict
-
-import pyro
 import torch
 from torch import nn
 from torch.nn.functional import logsigmoid
 
-from .config import ModelConfig, TrainConfig
-from .features import PairBatch, PreferenceFeatures
+from .features import PairBatch
 from .guide import mlp
-from .loop import Checkpointing, optimize, seed_everything
-from .runs import RunDir
 
-__all__ = ["RewardHead", "BradleyTerryLoss", "fit_reward_model", "bradley_terry_loss", "load_reward_model"]
+__all__ = ["RewardHead", "BradleyTerryLoss", "bradley_terry_loss"]
 
 
 class RewardHead(nn.Module):
     """r = g([h_x, h_xy]): (B, H), (B, H) -> (B,)."""
 
-    def __init__(self, hidden_size: int, width: int = 128, depth: int = 2):
+    def __init__(self, hidden_size: int, width: int, depth: int):
         super().__init__()
         self.net = mlp(2 * hidden_size, width, depth, 1)
 
@@ -60,34 +53,3 @@ class BradleyTerryLoss(nn.Module):
         margin = r_chosen - r_rejected
         return {"loss": float(-logsigmoid(margin).mean()), "accuracy": float((margin > 0).float().mean()),
                 "margin": float(margin.mean()), "mean_reward": float(torch.cat([r_chosen, r_rejected]).mean())}
-
-
-def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
-                     train_config: TrainConfig = TrainConfig(), run: RunDir | None = None,
-                     progress: bool = True, monitor: Callable[[RewardHead], dict] | None = None,
-                     resume: bool = False) -> RewardHead:
-    """Fit the Bradley-Terry head to ``train`` with the loop, minibatches and optimizer VRM uses
-    (``train``: cached states, or TextPairs whose LoRA adapters train with the head); write
-    metrics and checkpoints to ``run`` (``resume``: go on from its checkpoint).
-    ``monitor(head)`` adds its metrics to every logged record, as in :func:`fit_vrm`."""
-    cfg = train_config
-    seed_everything(cfg.seed)
-    head = RewardHead(train.hidden_size, model_config.width, model_config.depth)
-    pyro.module("reward_head", head)  # its parameters live in the param store, as VRM's do
-    checkpointing = None
-    if run is not None:
-        config = {"kind": "rm", "model": asdict(model_config), "train": asdict(cfg), "hidden_size": train.hidden_size}
-        checkpointing = Checkpointing(run, config, head, resume=resume)
-    loss = BradleyTerryLoss(head)
-    optimize(loss, train, cfg, checkpointing=checkpointing, metrics=lambda batch: loss.metrics(),
-             progress=progress, monitor=(lambda: monitor(head)) if monitor else None, desc="bradley-terry")
-    return head
-
-
-def load_reward_model(run: RunDir) -> RewardHead:
-    """The Bradley-Terry head saved in ``run``'s checkpoint."""
-    config = run.checkpoint_config()
-    model = ModelConfig(**config["model"])
-    head = RewardHead(config["hidden_size"], model.width, model.depth)
-    run.load_checkpoint(head)
-    return head

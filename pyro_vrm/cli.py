@@ -12,8 +12,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import (BackboneConfig, ConfigError, FinetuneConfig, ModelConfig, TrainConfig, add_arguments,
+from .config import (PRESETS, BackboneConfig, ConfigError, FinetuneConfig, ModelConfig, TrainConfig, add_arguments,
                      from_arguments)
+from .model import Priors
 from .policy import TinyPolicyConfig
 from .ppo import PPOConfig
 from .simulate import SimulationConfig
@@ -21,6 +22,7 @@ from .simulate import SimulationConfig
 __all__ = ["main", "build_parser"]
 
 PPO_DEMO_REWARD = Path("runs/vrm-simulated-text")
+MODELS = ("vrm", "rm", "rm-tuned", "twin")
 DATA_HELP = ("'simulated' (hidden states drawn from the VRM model), 'simulated-text' (generated "
              "preference text, see simulated_text.py), a local .jsonl/.json/.parquet/.csv[.gz] file, "
              "or a hub id such as openbmb/UltraFeedback")
@@ -42,19 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fit VRM (or the Bradley-Terry baseline) and summarize it")
     _data_arguments(train, default="simulated")
-    train.add_argument("--model", default="vrm", choices=("vrm", "rm"),
-                       help="vrm: the variational reward model; rm: the Bradley-Terry baseline")
+    train.add_argument("--model", default="vrm", choices=MODELS,
+                       help="vrm: the variational reward model; rm: the Bradley-Terry baseline; rm-tuned: the "
+                            "baseline with its weight decay chosen on validation pairs carved from the training "
+                            "pairs; twin: VRM's structure fitted by maximum likelihood, without latent noise or KL")
+    train.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
+                       help="recommended: aspects observed when the data carry them, KL weight below 1 (the "
+                            "defaults below); paper: the paper's objective exactly (KL weight 1, lambda 0.1, no "
+                            "aspect likelihood). Flags given explicitly override the preset")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--resume", action="store_true",
                        help="go on from the checkpoint in --out, with the same flags: a run stopped by SIGTERM "
                             "or killed ends as the uninterrupted run would")
-    train.add_argument("--test-fraction", type=float, default=0.2,
-                       help="share of prompts held out for testing, when the data has no split of its own")
+    train.add_argument("--test-fraction", type=float, default=None,
+                       help="share of prompts held out for testing, when the data has no split of its own "
+                            "(simulated-text has one: the flag is refused there)")
     train.add_argument("--sim-seed", type=int, default=SimulationConfig().seed,
                        help="seed of the simulated data and of the train/test split (kept apart from --seed)")
     add_arguments(train, TrainConfig)
     add_arguments(train, ModelConfig)
+    add_arguments(train, Priors, prefix="prior")
     add_arguments(train, FinetuneConfig)
 
     featurize = commands.add_parser("featurize", help="compute (or find cached) hidden states of a data set")
@@ -97,51 +107,64 @@ def _text_source(args: argparse.Namespace) -> dict:
     return {"data": args.data, "split": args.split, "layout": args.layout, "sim_seed": getattr(args, "sim_seed", 0)}
 
 
+def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, Priors]:
+    """The configurations the flags, the preset and the defaults give, in that order of precedence."""
+    return (from_arguments(ModelConfig, args, preset_name=args.preset),
+            from_arguments(TrainConfig, args, preset_name=args.preset),
+            from_arguments(Priors, args, prefix="prior"))
+
+
 def train_command(args: argparse.Namespace) -> dict | None:
     """Fit, summarize, write the run folder. Under ``accelerate launch`` every process trains its
     share; the main process alone writes and returns the summary (the others return None)."""
-    # Heavy imports here, so that `pyro-vrm --help` and argument errors answer at once.
-    from .baseline import fit_reward_model
-    from .evaluate import summarize_reward_model, summarize_vrm
+    # Heavy imports here, so that argument errors answer at once.
+    from .evaluate import summarize
     from .loop import process_state
     from .runs import RunDir, new_run_dir
     from .simulate import simulate
-    from .train import fit_vrm
+    from .train import fit_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm
 
     state = process_state()
     if args.out is None and (args.resume or state.num_processes > 1):
         raise ConfigError("name the run folder with --out to --resume a run or to train on several processes")
-    model_config, train_config = from_arguments(ModelConfig, args), from_arguments(TrainConfig, args)
+    model_config, train_config, priors = train_configs(args)
     finetune = from_arguments(FinetuneConfig, args)
-    config = {"command": "train", "data": args.data, "model": args.model, "split": args.split,
-              "layout": args.layout, "sim_seed": args.sim_seed, "test_fraction": args.test_fraction,
-              "model_config": asdict(model_config), "train_config": asdict(train_config)}
+    test_fraction = SimulationConfig().test_fraction if args.test_fraction is None else args.test_fraction
+    config = {"command": "train", "data": args.data, "model": args.model, "preset": args.preset, "split": args.split,
+              "layout": args.layout, "sim_seed": args.sim_seed, "test_fraction": test_fraction,
+              "model_config": asdict(model_config), "train_config": asdict(train_config),
+              "priors": priors.to_dict(), "priors_repr": repr(priors)}
     if args.data == "simulated":
         if finetune.finetune != "none":
             raise ConfigError("--finetune needs text data: --data simulated has hidden states only")
-        data = simulate(SimulationConfig(seed=args.sim_seed))
+        data = simulate(SimulationConfig(seed=args.sim_seed, test_fraction=test_fraction))
         train, test, truth, extra = data.train, data.test, data.truth, {}
         config["simulation"] = asdict(data.config)
         evaluation = lambda: (train, test, extra)  # noqa: E731
     else:
-        train, evaluation, truth = _text_training(args, state, config, finetune)
+        train, evaluation, truth = _text_training(args, state, config, finetune, train_config.seed, test_fraction)
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", args.model))
     if state.is_main_process:
         run.write_json("config.json", config)
     fit = {"run": run, "progress": not args.quiet, "resume": args.resume}
+    standardizer, selection = None, None
     if args.model == "vrm":
-        vrm, standardizer = fit_vrm(train, model_config, train_config, **fit)
+        model, standardizer = fit_vrm(train, model_config, train_config, priors, **fit)
+    elif args.model == "twin":
+        model, standardizer = fit_twin(train, model_config, train_config, priors, **fit)
+    elif args.model == "rm-tuned":
+        model, selection = fit_tuned_reward_model(train, model_config, train_config, **fit)
     else:
-        head = fit_reward_model(train, model_config, train_config, **fit)
+        model = fit_reward_model(train, model_config, train_config, **fit)
     summary = None
     if state.is_main_process:
         train, test, extra = evaluation()
-        if args.model == "vrm":
-            summary = summarize_vrm(vrm, train, test, standardizer, truth, train_config.sup_temperature, extra)
-        else:
-            summary = summarize_reward_model(head, train, test, truth, extra)
-        summary.update({"data": args.data, "train_pairs": len(train), "test_pairs": len(test),
+        summary = summarize(model, train, test, standardizer, truth, extra, train_config.sup_temperature)
+        summary.update({"model": args.model, "preset": args.preset, **_fitted_settings(args.model, run, priors),
+                        "data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                         "run_dir": str(run.path)})
+        if selection is not None:
+            summary["weight_decay_selection"] = selection
         run.write_json("summary.json", summary)
     if state.num_processes > 1:  # leave together, the process group closed, not torn down at exit
         state.wait_for_everyone()
@@ -149,7 +172,20 @@ def train_command(args: argparse.Namespace) -> dict | None:
     return summary
 
 
-def _text_training(args: argparse.Namespace, state, config: dict, finetune: FinetuneConfig):
+def _fitted_settings(model: str, run, priors: Priors) -> dict:
+    """What the summary records of the objective a fit used, as its checkpoint holds it: VRM's KL
+    weight, lambda and priors, and for VRM and the twin whether aspects were observed."""
+    saved = run.checkpoint_config()
+    if model == "vrm":
+        return {"kl_weight": saved["train"]["kl_weight"], "lambda_sup": saved["train"]["lambda_sup"],
+                "observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
+    if model == "twin":
+        return {"observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
+    return {"weight_decay": saved["train"]["weight_decay"]}
+
+
+def _text_training(args: argparse.Namespace, state, config: dict, finetune: FinetuneConfig, seed: int,
+                   test_fraction: float):
     """(training table, evaluation() -> (train, test, other splits) as hidden states, truth) for
     text data; records the backbone and features in ``config``. With a frozen backbone the tables
     are cached states; with ``--finetune lora`` training reads text through the LoRA backbone,
@@ -160,23 +196,25 @@ def _text_training(args: argparse.Namespace, state, config: dict, finetune: Fine
     config["backbone_config"], config["finetune_config"] = asdict(backbone_config), asdict(finetune)
     with state.main_process_first():  # the main process fills the caches, the others read them
         pairs, report = load_text_pairs(**_text_source(args))
+        if "split" in pairs.column_names and args.test_fraction is not None:
+            raise ConfigError(f"--test-fraction: {args.data} has its own train/test split")
         backbone = load_backbone(backbone_config)
         if finetune.finetune == "none":
             features, config["features"] = text_features(pairs, backbone, args.cache_dir, report)
     if finetune.finetune == "none":
-        splits, truth = split_text(pairs, features, args.test_fraction, args.sim_seed)
+        splits, truth = split_text(pairs, features, test_fraction, args.sim_seed)
         return splits["train"], lambda: _without_train(splits), truth
 
     from .finetune import TextPairs, add_lora
     from .loop import seed_everything
 
-    seed_everything(args.seed)  # the adapters' initialisation, the same in every process and every run
+    seed_everything(seed)  # the adapters' initialisation, the same in every process and every run
     backbone = add_lora(backbone, finetune.lora_rank, finetune.lora_alpha, finetune.lora_dropout)
-    splits, truth = split_text(pairs, TextPairs.from_dataset(pairs, backbone), args.test_fraction, args.sim_seed)
+    splits, truth = split_text(pairs, TextPairs.from_dataset(pairs, backbone), test_fraction, args.sim_seed)
 
     def evaluation():
         features, config["features"] = text_features(pairs, backbone, args.cache_dir, report)
-        return _without_train(split_text(pairs, features, args.test_fraction, args.sim_seed)[0])
+        return _without_train(split_text(pairs, features, test_fraction, args.sim_seed)[0])
 
     return splits["train"], evaluation, truth
 
@@ -189,13 +227,12 @@ def _without_train(splits: dict) -> tuple:
 
 def evaluate_command(args: argparse.Namespace) -> dict:
     """Evaluate a run on its own test split(s) or on ``--data``; write eval.json and reliability.png."""
-    from .baseline import load_reward_model
     from .evaluate import evaluate_predictions, hack_rate, predict
+    from .fits import load_fit
     from .metrics import plot_reliability
     from .pipeline import load_backbone, load_text_pairs, split_index, text_features
     from .runs import RunDir
     from .simulate import simulate
-    from .train import load_vrm
 
     import torch
 
@@ -203,7 +240,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     if not (run.path / "config.json").exists():
         raise ConfigError(f"{run.path} is not a run folder (no config.json)")
     config = run.read_json("config.json")
-    model = load_vrm(run)[0] if config["model"] == "vrm" else load_reward_model(run)
+    model = load_fit(run).model
     data = args.data or config["data"]
     result = {"run_dir": str(run.path), "model": config["model"], "data": data, "splits": {}}
     if data == "simulated":
@@ -217,7 +254,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         features, _ = text_features(pairs, backbone, args.cache_dir)
         subsets = list(pairs["subset"]) if "subset" in pairs.column_names else None
         if data == config["data"]:
-            index = split_index(pairs, features.prompt_id, config.get("test_fraction", 0.2), config.get("sim_seed", 0))
+            index = split_index(pairs, features.prompt_id, config["test_fraction"], config["sim_seed"])
             index.pop("train")
         else:
             index = {"test": torch.arange(len(pairs))}
@@ -280,7 +317,7 @@ def ppo_command(args: argparse.Namespace) -> dict:
     run.write_json("config.json", {"command": "ppo", "reward": str(args.reward or PPO_DEMO_REWARD),
                                    "policy": args.policy, "prompts": args.prompts, "ppo_config": asdict(ppo_config),
                                    "policy_config": asdict(from_arguments(TinyPolicyConfig, args))})
-    policy, tokenizer, warm_start_loss = _ppo_policy(args, text, train_prompts + held_prompts)
+    policy, tokenizer, warm_start_loss = _ppo_policy(args, text, train_prompts + held_prompts, ppo_config.seed)
     trainer = PPOTrainer(policy, tokenizer, reward_model.score, ppo_config)
     held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
     summary = {}
@@ -303,23 +340,25 @@ def ppo_command(args: argparse.Namespace) -> dict:
 
 
 def _ppo_reward(path: Path | None):
-    """The VRM reward: a save_pretrained folder, a train run folder, or the demonstration's own fit."""
-    from .reward_model import VRMRewardModel
+    """The reward: a save_pretrained folder, a train run folder of any model kind, or the
+    demonstration's own VRM fit (the recommended preset on simulated-text)."""
+    from .reward_model import RewardModel
 
     if path is None:
         path = PPO_DEMO_REWARD
-        if not (path / "summary.json").exists():  # fit once; later runs reuse it
+        summary = path / "summary.json"
+        if not summary.exists() or json.loads(summary.read_text()).get("preset") != "recommended":
             train_command(build_parser().parse_args(["train", "--data", "simulated-text", "--out", str(path),
-                                                     "--quiet"]))
+                                                     "--quiet"]))  # fit once; later runs reuse it
     if (path / "model.safetensors").exists():
-        return VRMRewardModel.from_pretrained(path)
+        return RewardModel.from_pretrained(path)
     if (path / "checkpoint" / "config.json").exists():
-        return VRMRewardModel.from_run(path)
+        return RewardModel.from_run(path)
     raise ConfigError(f"--reward {path}: neither a save_pretrained folder (model.safetensors) nor a "
                       "pyro-vrm train run folder (checkpoint/)")
 
 
-def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str]):
+def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str], seed: int):
     """(policy, tokenizer, warm-start loss (first, last) or None): a named causal LM, or the tiny
     offline policy warm-started on simulated-text's training responses."""
     from .policy import tiny_policy, warm_start
@@ -334,10 +373,10 @@ def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str]):
     policy_config = from_arguments(TinyPolicyConfig, args)
     train = [i for i, s in enumerate(text["split"]) if s == "train"]
     policy, tokenizer = tiny_policy(text["prompt"] + text["chosen"] + text["rejected"] + prompts, policy_config,
-                                    seed=args.seed)
+                                    seed=seed)
     losses = warm_start(policy, tokenizer, [text["prompt"][i] for i in train] * 2,
                         [text["chosen"][i] for i in train] + [text["rejected"][i] for i in train],
-                        policy_config, seed=args.seed)
+                        policy_config, seed=seed)
     return policy, tokenizer, [losses[0], losses[-1]]
 
 
@@ -359,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ppo":
             from_arguments(PPOConfig, args), from_arguments(TinyPolicyConfig, args)
         if args.command == "train":
-            from_arguments(ModelConfig, args), from_arguments(TrainConfig, args), from_arguments(FinetuneConfig, args)
-            if not 0 < args.test_fraction < 1:
+            from_arguments(FinetuneConfig, args)
+            if args.test_fraction is not None and not 0 < args.test_fraction < 1:
                 raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+            train_configs(args)
     except ConfigError as err:
         parser.error(str(err))
     import datasets

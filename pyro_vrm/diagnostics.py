@@ -31,13 +31,14 @@ from matplotlib.figure import Figure
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, Predictive
 
+from .bounds import observed_aspects
 from .features import PairBatch, PreferenceFeatures
 from .model import SITES
 from .posterior import reward_posterior
 from .runs import RunDir
 from .simulate import SimulationConfig, simulate
-from .train import load_vrm
-from .vrm import VRM
+from .vrm import VRM, load_vrm
+
 
 __all__ = ["UnsupportedRun", "to_inference_data", "psis_khat", "run_nuts", "nuts_convergence",
            "nuts_coverage", "posterior_margin", "predictive_prob", "plot_weight_forest",
@@ -70,7 +71,7 @@ def _local_model(vrm: VRM, batch: PairBatch):
     if not vrm.has_global_latents:
         return vrm.model
     with torch.no_grad():
-        medians = vrm.guide.global_guide.median(batch)
+        medians = vrm.global_guide.median(batch)
     return poutine.condition(vrm.model, data=medians)
 
 
@@ -89,12 +90,14 @@ def _pair_log_probs(fn, draws: dict, batch: PairBatch, **kwargs) -> dict[str, to
 
 @torch.no_grad()
 def to_inference_data(vrm: VRM, features: PreferenceFeatures, num_samples: int = 200,
-                      objective_names: list[str] | None = None) -> az.InferenceData:
+                      objective_names: list[str] | None = None,
+                      aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> az.InferenceData:
     """Draws of the guide's posterior and of the prior for every pair of ``features`` (B pairs).
 
     Groups: ``posterior`` (w, z_c, z_r, r_c, r_r), ``posterior_predictive`` (y), ``observed_data``
     (y = 1), ``log_likelihood`` (log p(y = 1 | latents)), ``sample_stats``
-    (``log_importance_ratio``, log p(y, latents) - log q(latents), for PSIS), ``prior`` and
+    (``log_importance_ratio``, log p(y, a, latents) - log q(latents), for PSIS; the aspect term
+    with ``aspects``, the (B, K) standardized scores a fit that observes them saw), ``prior`` and
     ``prior_predictive`` (the model run forward), ``constant_data`` (``prompt_id``); each with
     (chain = 1, draw = num_samples) leading axes.
 
@@ -112,7 +115,7 @@ def to_inference_data(vrm: VRM, features: PreferenceFeatures, num_samples: int =
                            return_sites=sites)(batch)
     prior = Predictive(model, num_samples=num_samples, parallel=True, return_sites=sites)(batch)
     latents = {name: posterior[name] for name in LATENTS}
-    log_p = _pair_log_probs(model, latents, batch, preferences=ones)
+    log_p = _pair_log_probs(model, latents, batch, preferences=ones, aspects=aspects)
     log_q = _pair_log_probs(vrm.amortized_guide, latents, batch)
     log_ratio = sum(log_p.values()) - sum(log_q.values())
     return az.from_dict(
@@ -146,15 +149,17 @@ def psis_khat(idata: az.InferenceData) -> np.ndarray:
 
 
 def run_nuts(vrm: VRM, features: PreferenceFeatures, num_warmup: int = 300, num_samples: int = 300,
-             num_chains: int = 2, seed: int = 0, objective_names: list[str] | None = None) -> az.InferenceData:
-    """NUTS on every per-pair latent of ``features`` (B pairs, all y = 1), globals fixed.
+             num_chains: int = 2, seed: int = 0, objective_names: list[str] | None = None,
+             aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> az.InferenceData:
+    """NUTS on every per-pair latent of ``features`` (B pairs, all y = 1, and their ``aspects``
+    observed where the fit observes them), globals fixed.
 
     Chains run one after another in this process (seed, seed + 1, ...; the global RNG is
     reseeded), so that no worker processes are forked from a notebook or a test.
     """
     batch = _batch(features)
     # Rewards are deterministic sites, which ArviZ would read as observed data: hidden.
-    model = poutine.block(partial(_local_model(vrm, batch), preferences=torch.ones(len(features))),
+    model = poutine.block(partial(_local_model(vrm, batch), preferences=torch.ones(len(features)), aspects=aspects),
                           hide=list(REWARDS))
     coords, chains = _coords(vrm, len(features), objective_names), []
     for chain in range(num_chains):
@@ -320,9 +325,10 @@ def diagnose(run_dir: str | Path, num_samples: int = 200, nuts_pairs: int = 40, 
     On the first ``max_pairs`` test pairs: ``diagnostics.nc`` (:func:`to_inference_data`), PSIS
     k-hat and the plots; on the first ``nuts_pairs``, NUTS (``diagnostics_nuts.nc``) against the
     guide. Writes these, ``diagnostics_*.png`` and ``diagnostics.json`` into ``run_dir`` and
-    returns the JSON's dict. Runs on other data (text, files), of the RM, or with
-    ``--observe-aspects`` raise :class:`UnsupportedRun` for now: the truth that the reliability
-    diagram needs is rebuilt from the simulation's config only.
+    returns the JSON's dict. A fit that observes aspect scores is checked against the posterior
+    given them too. Runs on other data (text, files) or of another model raise
+    :class:`UnsupportedRun` for now: the truth that the reliability diagram needs is rebuilt from
+    the simulation's config only.
     """
     run = RunDir(run_dir)
     config = run.read_json("config.json")
@@ -331,18 +337,17 @@ def diagnose(run_dir: str | Path, num_samples: int = 200, nuts_pairs: int = 40, 
                              f"model {config.get('model')!r} on data {config.get('data')!r}")
     pyro.set_rng_seed(seed)
     data = simulate(SimulationConfig(**config["simulation"]))
-    vrm, _ = load_vrm(run)
-    if vrm.config.observe_aspects:
-        raise UnsupportedRun("diagnose does not support --observe-aspects fits yet")
+    vrm, standardizer = load_vrm(run)
     pairs = torch.arange(min(max_pairs, len(data.test)))
     test, truth = data.test.select(pairs), data.truth["test"]
     true_prob = torch.sigmoid(truth["chosen_reward"] - truth["rejected_reward"])[pairs].numpy()
 
-    idata = to_inference_data(vrm, test, num_samples)
+    idata = to_inference_data(vrm, test, num_samples, aspects=observed_aspects(vrm, test, standardizer))
     idata.to_netcdf(run.path / "diagnostics.nc")
     khat, margin_mean = psis_khat(idata), posterior_margin(vrm, test)
     nuts_features = data.test.select(torch.arange(min(nuts_pairs, len(data.test))))
-    nuts = run_nuts(vrm, nuts_features, nuts_warmup, nuts_draws, nuts_chains, seed)
+    nuts_aspects = observed_aspects(vrm, nuts_features, standardizer)
+    nuts = run_nuts(vrm, nuts_features, nuts_warmup, nuts_draws, nuts_chains, seed, aspects=nuts_aspects)
     nuts.to_netcdf(run.path / "diagnostics_nuts.nc")
     with torch.no_grad():
         weight_mean = vrm.amortized_guide.weight_posterior(nuts_features.prompt_state).mean.numpy()
@@ -354,7 +359,7 @@ def diagnose(run_dir: str | Path, num_samples: int = 200, nuts_pairs: int = 40, 
         "sd_vs_accuracy": plot_sd_vs_accuracy(idata, margin_mean),
         "elbo_trace": plot_elbo_trace(run.read_metrics()),
         "psis_khat": plot_khat(khat),
-        "nuts_vs_svi": plot_nuts_vs_svi(nuts, to_inference_data(vrm, nuts_features, num_samples)),
+        "nuts_vs_svi": plot_nuts_vs_svi(nuts, to_inference_data(vrm, nuts_features, num_samples, aspects=nuts_aspects)),
     }
     for name, fig in figures.items():
         fig.savefig(run.path / f"diagnostics_{name}.png", dpi=100, bbox_inches="tight")

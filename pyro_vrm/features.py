@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["PreferenceFeatures", "PairBatch", "check_pair_rows", "split_by_prompt"]
+__all__ = ["PreferenceFeatures", "PairBatch", "check_pair_rows", "split_by_prompt", "validation_split"]
 
 
 class PairBatch(NamedTuple):
@@ -111,3 +111,15 @@ def split_by_prompt(prompt_id: torch.Tensor, test_fraction: float, seed: int) ->
     held_out = prompts[torch.randperm(len(prompts), generator=g)[: max(1, round(test_fraction * len(prompts)))]]
     is_test = torch.isin(prompt_id, held_out)
     return {"train": (~is_test).nonzero().squeeze(-1), "test": is_test.nonzero().squeeze(-1)}
+
+
+def validation_split(table, fraction: float, seed: int):
+    """(fitting pairs, validation pairs) of a training table (``PreferenceFeatures`` or
+    ``TextPairs``): ``fraction`` of its prompts held out whole, as :func:`split_by_prompt` does.
+
+    >>> f = PreferenceFeatures(torch.zeros(8, 2), torch.zeros(8, 2), torch.ones(8, 2), torch.arange(8) // 2)
+    >>> [len(part) for part in validation_split(f, 0.25, seed=0)]
+    [6, 2]
+    """
+    index = split_by_prompt(table.prompt_id, fraction, seed)
+    return table.select(index["train"]), table.select(index["test"])

@@ -52,9 +52,8 @@ def process_state() -> PartialState:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy, torch and Pyro, and empty the param store: the first thing a fit does."""
+    """Seed Python, numpy, torch and Pyro: the first thing a fit does."""
     pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
 
 
 def minibatches(num_pairs: int, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
@@ -149,7 +148,8 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     if backbone is not None:
         loss_module = _WithEncoder(loss_module, backbone.model)
     parameters = [p for p in loss_module.parameters() if p.requires_grad]
-    optimizer = ClippedAdam(parameters, lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps), clip_norm=cfg.clip_norm)
+    optimizer = ClippedAdam(parameters, lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps), clip_norm=cfg.clip_norm,
+                            weight_decay=cfg.weight_decay)
     ckpt = checkpointing
     start = _restore(ckpt, optimizer, backbone) if ckpt is not None and ckpt.resume else 0
     if rank > 0:  # the same initial parameters everywhere (DDP broadcasts rank 0's), other draws

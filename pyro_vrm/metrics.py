@@ -1,5 +1,6 @@
-"""Metrics of pairwise predictions: accuracy with a bootstrap interval, calibration, per-subset
-accuracy, and RewardBench's section scores. Plain functions of tensors; no model in here.
+"""Metrics of pairwise predictions: the tie rule, accuracy with a bootstrap interval,
+calibration, how well confidence tells right from wrong, per-subset accuracy, and RewardBench's
+section scores. Plain functions of tensors; no model in here.
 
 Calibration of P(chosen wins) is measured on the symmetrized pairs: every pair counts once as
 (p, chosen won) and once as (1 - p, rejected won). Preference data only ever record the winner
@@ -10,9 +11,11 @@ perfectly calibrated.
 from __future__ import annotations
 
 import torch
+from scipy.stats import rankdata
 
-__all__ = ["REWARDBENCH_SECTIONS", "bootstrap_accuracy", "calibration", "accuracy_by_subset",
-           "rewardbench_scores", "plot_reliability"]
+__all__ = ["REWARDBENCH_SECTIONS", "pairwise_correct", "pairwise_accuracy", "oracle_accuracy", "bootstrap_accuracy",
+           "calibration", "error_auroc", "selective_accuracy", "accuracy_by_subset", "rewardbench_scores",
+           "plot_reliability"]
 
 # RewardBench's section -> {subset: number of prompts}; math-prm is counted as 984 so that math
 # and code weigh equally in Reasoning.
@@ -26,6 +29,27 @@ REWARDBENCH_SECTIONS = {
     "Reasoning": {"math-prm": 984, "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164,
                   "hep-python": 164, "hep-rust": 164},
 }
+
+
+def pairwise_correct(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> torch.Tensor:
+    """The tie rule, for every accuracy in pyro_vrm: 1 where the chosen response gets the higher
+    reward, 1/2 on a tie, 0 otherwise; (N,), (N,) -> (N,).
+
+    >>> pairwise_correct(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0]))
+    tensor([1.0000, 0.0000, 0.5000])
+    """
+    return (chosen_reward > rejected_reward).float() + 0.5 * (chosen_reward == rejected_reward).float()
+
+
+def pairwise_accuracy(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> float:
+    """Share of pairs whose chosen response gets the higher reward, ties counting half."""
+    return pairwise_correct(chosen_reward, rejected_reward).mean().item()
+
+
+def oracle_accuracy(truth: dict[str, torch.Tensor]) -> float:
+    """The accuracy of the true rewards (``truth["chosen_reward"]``, ``truth["rejected_reward"]``,
+    (N,) each) on the observed winners: the best a model can expect on simulated data."""
+    return pairwise_accuracy(truth["chosen_reward"], truth["rejected_reward"])
 
 
 def bootstrap_accuracy(correct: torch.Tensor, num_resamples: int = 2000, level: float = 0.95,
@@ -71,6 +95,37 @@ def calibration(prob_chosen: torch.Tensor, num_bins: int = 10) -> dict:
                          "confidence": confidence, "frequency": frequency})
     return {"ece": ece, "brier": ((p - y) ** 2).mean().item(),
             "log_loss": -(y * p.log() + (1 - y) * (1 - p).log()).mean().item(), "bins": bins}
+
+
+def error_auroc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
+    """How well ``confidence`` (N,) tells right predictions from wrong ones (``correct`` (N,),
+    1 right, 0 wrong, 1/2 a tie, which counts as not right): the area under the ROC curve, i.e.
+    the probability that a random right prediction has the higher confidence than a random wrong
+    one (ties in confidence count half). NaN when all are right or all wrong.
+
+    >>> error_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    1.0
+    >>> error_auroc(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))
+    0.5
+    """
+    right = correct >= 1
+    num_right, num_wrong = int(right.sum()), int((~right).sum())
+    if num_right == 0 or num_wrong == 0:
+        return float("nan")
+    ranks = torch.from_numpy(rankdata(confidence.double().numpy()))  # ties get their average rank
+    u = ranks[right].sum().item() - num_right * (num_right + 1) / 2
+    return u / (num_right * num_wrong)
+
+
+def selective_accuracy(correct: torch.Tensor, confidence: torch.Tensor, coverage: float = 0.5) -> float:
+    """Accuracy on the ``coverage`` share of pairs (N,) where the model is most confident.
+
+    >>> selective_accuracy(torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.9, 0.8, 0.7, 0.1]))
+    0.5
+    """
+    keep = max(1, round(coverage * len(correct)))
+    order = torch.argsort(confidence, descending=True, stable=True)
+    return correct.float()[order[:keep]].mean().item()
 
 
 def accuracy_by_subset(correct: torch.Tensor, subsets: list[str]) -> dict[str, dict]:

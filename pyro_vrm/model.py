@@ -12,21 +12,22 @@ For each preference pair n (prompt x_n, chosen response y_n^c, rejected response
 
 Optionally, A and b are global latents with Normal priors (a Bayesian decoder), alpha0 has a
 LogNormal hyperprior, and, with aspect annotations observed (``aspects``), a_n^c ~ N(s(z_n^c), sigma_a) and
-a_n^r ~ N(s(z_n^r), sigma_a), which ties each decoder output to a named aspect.
+a_n^r ~ N(s(z_n^r), sigma_a), which ties each decoder output to a named aspect; sigma_a is fixed,
+or estimated with the decoder under a HalfNormal prior.
 
 Every prior lives in :class:`Priors`; this file holds no I/O and no training code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "model", "SITES"]
+__all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "model", "aspect_noise", "SITES"]
 
 # Sample-site and plate names, shared with the guide (guide.py).
 SITES = {
@@ -46,22 +47,25 @@ class Priors:
     """Every prior of the VRM model, as one value object.
 
     Args:
-        concentration: Dirichlet concentration alpha0 of the objective weights, a scalar or one
-            value per objective.
-        feature_loc: prior mean mu0 of each semantic feature.
-        feature_scale: prior standard deviation of each feature (Sigma0 = feature_scale**2 I).
-        feature_scale_tril: a lower-triangular (d, d) scale of a full-covariance Normal prior;
-            overrides ``feature_scale`` when given.
-        feature_df: degrees of freedom of a Student-t feature prior instead of the Normal
-            (None: Normal). Its KL has no closed form, so the ELBO estimates it by Monte Carlo.
-        aspect_noise: sigma_a, the sd of observed aspect scores around s(z) (``observe_aspects``).
-        decoder_scale: sd of the Normal prior on A and b (Bayesian decoder only).
+        concentration: Dirichlet concentration alpha0 of the objective weights w: one value, or
+            one per objective.
+        feature_loc: prior mean mu0 of each semantic feature of z.
+        feature_scale: prior sd of each feature of z (Sigma0 = feature_scale**2 I).
+        feature_scale_tril: a lower-triangular (d, d) scale of a full-covariance Normal prior of
+            z; overrides ``feature_scale`` when given.
+        feature_df: degrees of freedom of a Student-t prior of z instead of the Normal (None:
+            Normal). Its KL has no closed form, so the ELBO estimates it by Monte Carlo.
+        aspect_noise: sigma_a, the sd of observed standardized aspect scores around s(z), when
+            aspects are observed; None (the default) estimates one per aspect with the decoder,
+            a MAP estimate under the HalfNormal prior below.
+        aspect_noise_scale: scale of the HalfNormal prior of a learned sigma_a.
+        decoder_scale: sd of the Normal prior of A and b (Bayesian decoder only).
         concentration_hyperprior: (loc, scale) of a LogNormal hyperprior on each alpha0
             component, sampled as log alpha0 ~ Normal(loc, scale) so that its guide needs no
             change of variables; None keeps alpha0 fixed.
 
     >>> Priors()
-    Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0))
+    Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0), aspects: Normal(s(z), HalfNormal(1.0)))
     >>> Priors(concentration=0.3) == Priors(concentration=0.3)
     True
     """
@@ -71,7 +75,8 @@ class Priors:
     feature_scale: float = 1.0
     feature_scale_tril: tuple[tuple[float, ...], ...] | None = None
     feature_df: float | None = None
-    aspect_noise: float = 1.0
+    aspect_noise: float | None = None
+    aspect_noise_scale: float = 1.0
     decoder_scale: float = 1.0
     concentration_hyperprior: tuple[float, float] | None = None
 
@@ -79,8 +84,8 @@ class Priors:
         conc = self.concentration if isinstance(self.concentration, tuple) else (self.concentration,)
         if any(c <= 0 for c in conc):
             raise ValueError(f"Priors.concentration must be positive, got {self.concentration}")
-        for name in ("feature_scale", "aspect_noise", "decoder_scale"):
-            if getattr(self, name) <= 0:
+        for name in ("feature_scale", "aspect_noise", "aspect_noise_scale", "decoder_scale"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"Priors.{name} must be positive, got {getattr(self, name)}")
         if self.feature_df is not None and self.feature_df <= 0:
             raise ValueError(f"Priors.feature_df must be positive, got {self.feature_df}")
@@ -98,7 +103,28 @@ class Priors:
             features = f"StudentT({self.feature_df}, {self.feature_loc}, {self.feature_scale})"
         else:
             features = f"Normal({self.feature_loc}, {self.feature_scale})"
-        return f"Priors(objective_weights: {weights}, features: {features})"
+        sigma_a = f"HalfNormal({self.aspect_noise_scale})" if self.aspect_noise is None else self.aspect_noise
+        decoder = "" if self.decoder_scale == 1.0 else f", decoder: Normal(0, {self.decoder_scale})"
+        return (f"Priors(objective_weights: {weights}, features: {features}, "
+                f"aspects: Normal(s(z), {sigma_a}){decoder})")
+
+    def to_dict(self) -> dict:
+        """The fields as plain JSON values (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Priors:
+        """The inverse of :meth:`to_dict`: JSON lists become tuples again.
+
+        >>> import json
+        >>> p = Priors(concentration=(0.5, 1.0), feature_df=4.0)
+        >>> Priors.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+        True
+        """
+        def tuples(value):
+            return tuple(map(tuples, value)) if isinstance(value, list) else value
+
+        return cls(**{name: tuples(value) for name, value in values.items()})
 
     def concentration_vector(self, num_objectives: int, like: torch.Tensor) -> torch.Tensor:
         """alpha0 as a (K,) tensor on ``like``'s device and dtype."""
@@ -134,6 +160,10 @@ class Priors:
         loc, scale = self.concentration_hyperprior
         return dist.Normal(like.new_tensor(loc), like.new_tensor(scale)).expand([num_objectives]).to_event(1)
 
+    def aspect_noise_prior(self, num_objectives: int, like: torch.Tensor) -> dist.Distribution:
+        """HalfNormal prior of a learned sigma_a, event shape (K,)."""
+        return dist.HalfNormal(like.new_tensor(self.aspect_noise_scale)).expand([num_objectives]).to_event(1)
+
     def decoder_weight(self, num_objectives: int, latent_dim: int) -> dist.Distribution:
         """Prior on the decoder's A (K, d), for the Bayesian decoder."""
         return dist.Normal(0.0, self.decoder_scale).expand([num_objectives, latent_dim]).to_event(2)
@@ -150,7 +180,9 @@ class LinearDecoder(nn.Module):
     """s(z) = A z + b (K scores, one per named objective) and r(w, z) = w . s(z).
 
     A (K, d) and b (K,) are parameters, or, with ``bayesian=True``, global latents that the model
-    draws from the priors and passes in.
+    draws from the priors and passes in. With ``learn_aspect_noise``, the decoder also holds
+    sigma_a (K,), the noise of observed aspect scores around s(z), a parameter of the same
+    likelihood.
 
     >>> dec = LinearDecoder(latent_dim=3, num_objectives=2)
     >>> reward, scores = dec(torch.tensor([[0.5, 0.5]]), torch.zeros(1, 3))
@@ -158,12 +190,20 @@ class LinearDecoder(nn.Module):
     (torch.Size([1]), torch.Size([1, 2]))
     """
 
-    def __init__(self, latent_dim: int, num_objectives: int, bayesian: bool = False):
+    def __init__(self, latent_dim: int, num_objectives: int, bayesian: bool = False,
+                 learn_aspect_noise: bool = False):
         super().__init__()
         self.latent_dim, self.num_objectives, self.bayesian = latent_dim, num_objectives, bayesian
         if not bayesian:
             self.weight = nn.Parameter(torch.randn(num_objectives, latent_dim) / latent_dim**0.5)
             self.bias = nn.Parameter(torch.zeros(num_objectives))
+        if learn_aspect_noise:  # sigma_a = exp(log_aspect_noise), starting at 1
+            self.log_aspect_noise = nn.Parameter(torch.zeros(num_objectives))
+
+    @property
+    def aspect_noise(self) -> torch.Tensor | None:
+        """The learned sigma_a (K,), or None where the priors fix it."""
+        return self.log_aspect_noise.exp() if hasattr(self, "log_aspect_noise") else None
 
     def forward(self, w: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,8 +221,6 @@ class LinearDecoder(nn.Module):
 class MLPDecoder(nn.Module):
     """r(w, z) = MLP([w, z]): more flexible, no per-objective scores."""
 
-    bayesian = False
-
     def __init__(self, latent_dim: int, num_objectives: int, width: int = 64):
         super().__init__()
         self.latent_dim, self.num_objectives = latent_dim, num_objectives
@@ -197,11 +235,12 @@ class MLPDecoder(nn.Module):
         return self.net(wz).squeeze(-1), None
 
 
-def make_decoder(kind: str, latent_dim: int, num_objectives: int,
-                 bayesian: bool = False) -> LinearDecoder | MLPDecoder:
-    """Build the ``linear`` or ``mlp`` decoder; ``bayesian`` makes A, b latent (linear only)."""
+def make_decoder(kind: str, latent_dim: int, num_objectives: int, bayesian: bool = False,
+                 learn_aspect_noise: bool = False) -> LinearDecoder | MLPDecoder:
+    """Build the ``linear`` or ``mlp`` decoder; ``bayesian`` makes A, b latent and
+    ``learn_aspect_noise`` gives it a sigma_a to learn (linear only)."""
     if kind == "linear":
-        return LinearDecoder(latent_dim, num_objectives, bayesian)
+        return LinearDecoder(latent_dim, num_objectives, bayesian, learn_aspect_noise)
     if kind == "mlp":
         if bayesian:
             raise ValueError("a Bayesian decoder is available for --decoder linear only")
@@ -230,8 +269,9 @@ def model(
         num_pairs: N, the size of the data set (default B): the plate scales log-densities by
             N / B so that a minibatch ELBO estimates the full-data ELBO.
         preferences: y (B,), 1.0 where the chosen response wins; None samples y.
-        aspects: (a^c, a^r), each (B, K), standardized aspect scores observed around s(z);
-            None leaves them out of the model.
+        aspects: (a^c, a^r), each (B, K), standardized aspect scores observed around s(z) with
+            sd sigma_a (``priors.aspect_noise``, or the decoder's learned one, whose HalfNormal
+            prior then enters once); None leaves them out of the model.
 
     Returns:
         y (B,).
@@ -247,9 +287,8 @@ def model(
                                         priors.log_concentration_prior(num_objectives, like))
         concentration = log_concentration.exp()
 
-    pyro.module("decoder", decoder)  # theta: point-estimated decoder parameters, if any
     decoder_draws = {}
-    if decoder.bayesian:  # A ~ N(0, decoder_scale), b ~ N(0, decoder_scale): global latents
+    if isinstance(decoder, LinearDecoder) and decoder.bayesian:  # A ~ N(0, decoder_scale), b ~ N(0, decoder_scale): global latents
         decoder_draws["weight"] = pyro.sample("decoder_weight", priors.decoder_weight(num_objectives, latent_dim))
         decoder_draws["bias"] = pyro.sample("decoder_bias", priors.decoder_bias(num_objectives))
 
@@ -269,7 +308,20 @@ def model(
         if aspects is not None:
             if scores is None:
                 raise ValueError("observed aspects need per-objective scores: use --decoder linear")
-            sigma_a = priors.aspect_noise
+            sigma_a = aspect_noise(decoder, priors)
             pyro.sample("chosen_aspects", dist.Normal(scores[0], sigma_a).to_event(1), obs=aspects[0])
             pyro.sample("rejected_aspects", dist.Normal(scores[1], sigma_a).to_event(1), obs=aspects[1])
+
+    if aspects is not None and priors.aspect_noise is None:  # a learned sigma_a: its log prior, once
+        pyro.factor("aspect_noise_prior",
+                    priors.aspect_noise_prior(num_objectives, like).log_prob(decoder.aspect_noise))
     return y
+
+
+def aspect_noise(decoder: LinearDecoder, priors: Priors) -> torch.Tensor | float:
+    """sigma_a: fixed by ``priors``, or the decoder's learned one (K,)."""
+    if priors.aspect_noise is not None:
+        return priors.aspect_noise
+    if decoder.aspect_noise is None:
+        raise ValueError("Priors.aspect_noise is None (learned), but the decoder holds no sigma_a to learn")
+    return decoder.aspect_noise

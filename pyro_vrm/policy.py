@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import _help, _positive
+from .config import check_positive, option
 
 __all__ = ["TinyPolicyConfig", "word_tokenizer", "tiny_policy", "warm_start"]
 
@@ -24,14 +24,14 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>", "<unk>")
 class TinyPolicyConfig:
     """The offline demonstration's policy: a small Llama, warm-started on responses."""
 
-    policy_layers: int = field(default=2, metadata=_help("transformer layers of the tiny policy"))
-    policy_width: int = field(default=64, metadata=_help("hidden size of the tiny policy"))
-    warm_start_steps: int = field(default=300, metadata=_help("supervised steps on (prompt, response) text"))
-    warm_start_batch_size: int = field(default=32, metadata=_help("sequences per supervised step"))
-    warm_start_lr: float = field(default=3e-3, metadata=_help("learning rate (AdamW) of the warm start"))
+    policy_layers: int = field(default=2, metadata=option("transformer layers of the tiny policy"))
+    policy_width: int = field(default=64, metadata=option("hidden size of the tiny policy"))
+    warm_start_steps: int = field(default=300, metadata=option("supervised steps on (prompt, response) text"))
+    warm_start_batch_size: int = field(default=32, metadata=option("sequences per supervised step"))
+    warm_start_lr: float = field(default=3e-3, metadata=option("learning rate (AdamW) of the warm start"))
 
     def __post_init__(self):
-        _positive(self, "policy_layers", "policy_width", "warm_start_steps", "warm_start_batch_size",
+        check_positive(self, "policy_layers", "policy_width", "warm_start_steps", "warm_start_batch_size",
                   "warm_start_lr")
 
 

@@ -1,4 +1,6 @@
-r"""Using a fitted VRM (DESIGN.md section 4): rewards, predictive, accuracy, PAC-Bayes bound.
+r"""Inference with a fitted VRM (DESIGN.md section 4): posterior rewards and predictive, the KL
+terms of the objective, and the expected log-likelihood. Training, evaluation and the reward
+model all read these; bounds and evaluation live in :mod:`pyro_vrm.evaluate`.
 
 For the linear decoder with point-estimated A, b the posterior mean and sd of a reward are
 exact, since q factorizes:
@@ -12,22 +14,25 @@ with m_s = A m_z + b, S = A diag(s_z^2) A^T, and the Dirichlet's C_w = (diag m_w
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import Predictive
 from torch.distributions import kl_divergence
 
-from .features import PairBatch, PreferenceFeatures
+from .features import PairBatch
 from .model import LinearDecoder
 from .vrm import VRM
 
-__all__ = ["reward_posterior", "pair_posterior", "kl_per_pair", "kl_estimate", "pac_bayes_bound",
-           "pairwise_accuracy", "evaluate_pairs"]
+__all__ = ["reward_posterior", "pair_posterior", "KLTerms", "kl_terms", "expected_log_likelihood"]
 
 
 def _exact(vrm: VRM) -> bool:
-    return isinstance(vrm.decoder, LinearDecoder) and not vrm.has_global_latents
+    """Whether the reward's moments have the closed form above: a linear decoder with A, b fixed
+    (a hyperprior on alpha0 leaves them exact, since q(w) does not depend on it)."""
+    return isinstance(vrm.decoder, LinearDecoder) and not vrm.decoder.bayesian
 
 
 @torch.no_grad()
@@ -64,10 +69,12 @@ def _reward_samples(vrm: VRM, batch: PairBatch, num_samples: int) -> torch.Tenso
 @torch.no_grad()
 def pair_posterior(vrm: VRM, batch: PairBatch, num_samples: int = 256) -> dict[str, torch.Tensor]:
     """For each pair of ``batch`` (B pairs): posterior mean and sd of both rewards, the posterior
-    predictive P(chosen wins) = E_q[sigmoid(r_c - r_r)], and the Gibbs error E_q[1(r_c < r_r)]."""
+    predictive P(chosen wins) = E_q[sigmoid(r_c - r_r)], the Gibbs error E_q[1(r_c < r_r)], and
+    the posterior sd of the margin r_c - r_r (the two rewards share w, so their sds do not add)."""
     samples = _reward_samples(vrm, batch, num_samples)
     margin = samples[0] - samples[1]                                     # (S, B)
-    out = {"prob_chosen": torch.sigmoid(margin).mean(0), "gibbs_error": (margin < 0).float().mean(0)}
+    out = {"prob_chosen": torch.sigmoid(margin).mean(0), "gibbs_error": (margin < 0).float().mean(0),
+           "margin_sd": margin.std(0)}
     if _exact(vrm):
         out["mean_chosen"], out["sd_chosen"] = reward_posterior(vrm, batch.prompt_state, batch.chosen_state)
         out["mean_rejected"], out["sd_rejected"] = reward_posterior(vrm, batch.prompt_state, batch.rejected_state)
@@ -77,55 +84,99 @@ def pair_posterior(vrm: VRM, batch: PairBatch, num_samples: int = 256) -> dict[s
     return out
 
 
-@torch.no_grad()
-def kl_per_pair(vrm: VRM, batch: PairBatch, num_samples: int = 64) -> torch.Tensor:
-    """KL(q(w|x) || p(w)) + KL(q(z_c) || p(z)) + KL(q(z_r) || p(z)) per pair (B,); closed form
-    where torch has it, Monte Carlo otherwise. With a concentration hyperprior, p(w) is taken at
-    exp of the mean of its log."""
+@dataclass
+class KLTerms:
+    """Every KL term of the objective for B pairs: the local ones per pair, the global one once.
+
+    weights, chosen, rejected: (B,) KL(q(w | x) || p(w)), KL(q(z_c | x, y_c) || p(z)),
+        KL(q(z_r | x, y_r) || p(z)). Under a hyperprior on alpha0 the first is averaged over
+        q(log alpha0).
+    global_kl: () KL(q(A, b, log alpha0) || p) of the global latents (0 without any); it belongs
+        to the whole data set, not to a pair.
+    exact: whether every term is in closed form (else some are Monte Carlo estimates).
+    """
+
+    weights: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    global_kl: torch.Tensor
+    exact: bool
+
+    @property
+    def local(self) -> torch.Tensor:
+        """(B,) the KL of each pair's own latents."""
+        return self.weights + self.chosen + self.rejected
+
+    def total(self, num_pairs: int) -> torch.Tensor:
+        """() the KL of a data set of ``num_pairs`` pairs, estimated from these B: the local
+        terms scaled to the data set, the global term counted once."""
+        return self.local.mean() * num_pairs + self.global_kl
+
+
+def kl_terms(vrm: VRM, batch: PairBatch, num_samples: int = 64) -> KLTerms:
+    """The KL terms of the objective for the pairs of ``batch``: closed form where torch has
+    one, else a Monte Carlo estimate from ``num_samples`` draws of q. The one place they are
+    computed: training metrics, the full-data ELBO, the KL per pair and the PAC-Bayes bound read
+    them here."""
     guide, priors = vrm.amortized_guide, vrm.priors
     like = batch.prompt_state
+    exact = True
+    q_w = guide.weight_posterior(batch.prompt_state)
     if priors.concentration_hyperprior is None:
-        alpha0 = priors.concentration_vector(vrm.num_objectives, like)
-    else:
-        alpha0 = priors.log_concentration_prior(vrm.num_objectives, like).mean.exp()
-    terms = [(guide.weight_posterior(batch.prompt_state), priors.objective_weights(alpha0))]
+        kl_w = kl_divergence(q_w, priors.objective_weights(priors.concentration_vector(vrm.num_objectives, like)))
+    else:  # E over q(log alpha0) of the Dirichlet KL
+        q_alpha = _global_posteriors(vrm, batch)["log_concentration"][0]
+        alpha0 = q_alpha.sample((num_samples,)).exp().unsqueeze(-2)          # (S, 1, K)
+        kl_w = kl_divergence(dist.Dirichlet(q_w.concentration), dist.Dirichlet(alpha0)).mean(0)
+        exact = False
     p_z = priors.semantic_features(vrm.config.latent_dim, like)
+    kl_z = []
     for state in (batch.chosen_state, batch.rejected_state):
-        terms.append((guide.feature_posterior(batch.prompt_state, state), p_z))
-    return sum(kl_estimate(q, p, num_samples) for q, p in terms)
+        kl, closed = _kl(guide.feature_posterior(batch.prompt_state, state), p_z, num_samples)
+        kl_z.append(kl)
+        exact = exact and closed
+    global_kl = like.new_zeros(())
+    for q, p in _global_posteriors(vrm, batch).values():
+        global_kl = global_kl + kl_divergence(q, p).sum()
+    return KLTerms(kl_w, kl_z[0], kl_z[1], global_kl, exact)
 
 
-def kl_estimate(q, p, num_samples: int) -> torch.Tensor:
-    """KL(q || p): closed form where torch has it, else a Monte Carlo estimate from q."""
+def _kl(q, p, num_samples: int) -> tuple[torch.Tensor, bool]:
+    """(KL(q || p), whether in closed form): closed form where torch has it, else Monte Carlo."""
     try:
-        return kl_divergence(q, p)
+        return kl_divergence(q, p), True
     except NotImplementedError:
-        x = q.sample((num_samples,))
-        return (q.log_prob(x) - p.log_prob(x)).mean(0)
+        x = q.rsample((num_samples,))
+        return (q.log_prob(x) - p.log_prob(x)).mean(0), False
 
 
-def pac_bayes_bound(empirical_error: float, kl_total: float, n: int, delta: float = 0.05) -> float:
-    """McAllester's bound (paper Thm 5.1): L(Q) <= Lhat + sqrt((KL + ln(1/delta) + ln n + 2) / (2n - 1)).
+def _global_posteriors(vrm: VRM, batch: PairBatch) -> dict[str, tuple[dist.Distribution, dist.Distribution]]:
+    """{site: (q, prior)} of each global latent; the AutoNormal's q is Normal on the site's own
+    (unconstrained, real) scale."""
+    if vrm.global_guide is None:
+        return {}
+    with poutine.block():
+        trace = poutine.trace(vrm.global_model).get_trace(batch, num_pairs=len(batch.index))
+    guide, out = vrm.global_guide, {}
+    for name, site in trace.iter_stochastic_nodes():
+        q = dist.Normal(getattr(guide.locs, name), getattr(guide.scales, name)).to_event(site["fn"].event_dim)
+        out[name] = (q, site["fn"])
+    return out
 
-    >>> round(pac_bayes_bound(0.2, kl_total=10.0, n=1000), 4)
-    0.3047
-    """
-    return empirical_error + math.sqrt((kl_total + math.log(1 / delta) + math.log(n) + 2) / (2 * n - 1))
 
-
-def pairwise_accuracy(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> float:
-    """Share of pairs whose chosen response gets the higher reward (ties count half)."""
-    return ((chosen_reward > rejected_reward).float() + 0.5 * (chosen_reward == rejected_reward).float()).mean().item()
-
-
-@torch.no_grad()
-def evaluate_pairs(vrm: VRM, features: PreferenceFeatures, chunk_size: int = 1024,
-                   num_samples: int = 256) -> dict[str, torch.Tensor]:
-    """:func:`pair_posterior` and :func:`kl_per_pair` over a whole table, in chunks; (N,) each."""
-    parts = []
-    for batch in features.chunks(chunk_size):
-        out = pair_posterior(vrm, batch, num_samples)
-        out["kl"] = kl_per_pair(vrm, batch)
-        out["weight_mean"] = vrm.amortized_guide.weight_posterior(batch.prompt_state).mean
-        parts.append(out)
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+def expected_log_likelihood(vrm: VRM, batch: PairBatch, aspects: tuple[torch.Tensor, torch.Tensor] | None = None,
+                            num_particles: int = 16) -> torch.Tensor:
+    """E_q[log p(y = 1 | w, z_c, z_r)] + E_q[log p(a_c, a_r | z_c, z_r)] per pair (B,), the
+    aspect term only with ``aspects`` ((B, K) each), by Monte Carlo over ``num_particles`` draws
+    of the guide (a learned sigma_a's prior is no pair's and is left out). ``batch.index`` must
+    be 0..B-1 (the pairs form their own data set)."""
+    num_pairs = len(batch.index)
+    preferences = torch.ones(num_pairs, device=batch.index.device)
+    total = 0.0
+    for _ in range(num_particles):
+        guide_trace = poutine.trace(vrm.guide).get_trace(batch, num_pairs=num_pairs)
+        model_trace = poutine.trace(poutine.replay(vrm.model, trace=guide_trace)).get_trace(
+            batch, num_pairs=num_pairs, preferences=preferences, aspects=aspects)
+        total = total + sum(site["fn"].log_prob(site["value"]) for site in model_trace.nodes.values()
+                            if site["type"] == "sample" and site["is_observed"] and site["cond_indep_stack"])
+    return total / num_particles

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, _help, _positive
+from .config import ConfigError, check_positive, option
 
 __all__ = ["PPOConfig", "KLController", "RunningMoments", "PolicyWithValue", "PPOTrainer", "masked_mean", "masked_whiten",
            "token_rewards", "gae", "policy_loss", "value_loss"]
@@ -38,39 +38,39 @@ __all__ = ["PPOConfig", "KLController", "RunningMoments", "PolicyWithValue", "PP
 class PPOConfig:
     """PPO against a posterior-mean reward: rollouts, KL penalty, GAE, clipped losses, LoRA."""
 
-    steps: int = field(default=200, metadata=_help("PPO steps (one batch of rollouts each)"))
-    rollouts_per_step: int = field(default=32, metadata=_help("prompts sampled and completed per step"))
-    minibatch_size: int = field(default=16, metadata=_help("rollouts per gradient step"))
-    ppo_epochs: int = field(default=4, metadata=_help("passes over each batch of rollouts"))
-    lr: float = field(default=3e-4, metadata=_help("learning rate (Adam) of policy and value head"))
-    max_new_tokens: int = field(default=80, metadata=_help("most tokens generated per completion"))
-    temperature: float = field(default=1.0, metadata=_help("sampling temperature of the rollouts"))
-    kappa: float = field(default=0.0, metadata=_help("risk aversion: the reward is mean - kappa * sd"))
-    normalize_score: bool = field(default=True, metadata=_help(
+    steps: int = field(default=200, metadata=option("PPO steps (one batch of rollouts each)"))
+    rollouts_per_step: int = field(default=32, metadata=option("prompts sampled and completed per step"))
+    minibatch_size: int = field(default=16, metadata=option("rollouts per gradient step"))
+    ppo_epochs: int = field(default=4, metadata=option("passes over each batch of rollouts"))
+    lr: float = field(default=3e-4, metadata=option("learning rate (Adam) of policy and value head"))
+    max_new_tokens: int = field(default=80, metadata=option("most tokens generated per completion"))
+    temperature: float = field(default=1.0, metadata=option("sampling temperature of the rollouts"))
+    kappa: float = field(default=0.0, metadata=option("risk aversion: the reward is mean - kappa * sd"))
+    normalize_score: bool = field(default=True, metadata=option(
         "standardize the sequence reward by the running mean and sd of all rewards so far before the "
         "KL penalty is added (VRM's posterior-mean rewards are tiny: this makes beta's unit one sd)"))
-    beta: float = field(default=1.0, metadata=_help(
+    beta: float = field(default=1.0, metadata=option(
         "initial (or fixed) KL penalty coefficient, per nat, against the standardized reward"))
-    target_kl: float = field(default=0.0, metadata=_help(
+    target_kl: float = field(default=0.0, metadata=option(
         "nats per completion; > 0 adapts beta towards it (Ziegler et al. 2019), 0 keeps beta fixed"))
-    kl_horizon: int = field(default=10000, metadata=_help("horizon of the adaptive KL controller"))
-    kl_bound: float = field(default=10.0, metadata=_help(
+    kl_horizon: int = field(default=10000, metadata=option("horizon of the adaptive KL controller"))
+    kl_bound: float = field(default=10.0, metadata=option(
         "the KL to the reference (nats per completion) that the demonstration must stay under"))
-    gamma: float = field(default=1.0, metadata=_help("discount of GAE"))
-    lam: float = field(default=0.95, metadata=_help("lambda of GAE"))
-    clip_range: float = field(default=0.2, metadata=_help("clip of the policy ratio"))
-    clip_range_value: float = field(default=0.2, metadata=_help("clip of the value update"))
-    vf_coef: float = field(default=0.1, metadata=_help("weight of the value loss"))
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient norm clip"))
-    whiten_advantages: bool = field(default=True, metadata=_help("whiten advantages over each batch"))
-    lora: bool = field(default=False, metadata=_help("train LoRA adapters (peft) instead of the whole policy"))
-    lora_rank: int = field(default=8, metadata=_help("rank of the LoRA adapters"))
-    lora_alpha: float = field(default=16.0, metadata=_help("scale numerator of the LoRA adapters"))
-    eval_rollouts: int = field(default=256, metadata=_help("fresh rollouts on held prompts at start and end"))
-    seed: int = field(default=0, metadata=_help("seed of sampling and initialisation"))
+    gamma: float = field(default=1.0, metadata=option("discount of GAE"))
+    lam: float = field(default=0.95, metadata=option("lambda of GAE"))
+    clip_range: float = field(default=0.2, metadata=option("clip of the policy ratio"))
+    clip_range_value: float = field(default=0.2, metadata=option("clip of the value update"))
+    vf_coef: float = field(default=0.1, metadata=option("weight of the value loss"))
+    max_grad_norm: float = field(default=1.0, metadata=option("gradient norm clip"))
+    whiten_advantages: bool = field(default=True, metadata=option("whiten advantages over each batch"))
+    lora: bool = field(default=False, metadata=option("train LoRA adapters (peft) instead of the whole policy"))
+    lora_rank: int = field(default=8, metadata=option("rank of the LoRA adapters"))
+    lora_alpha: float = field(default=16.0, metadata=option("scale numerator of the LoRA adapters"))
+    eval_rollouts: int = field(default=256, metadata=option("fresh rollouts on held prompts at start and end"))
+    seed: int = field(default=0, metadata=option("seed of sampling and initialisation"))
 
     def __post_init__(self):
-        _positive(self, "steps", "rollouts_per_step", "minibatch_size", "ppo_epochs", "lr", "max_new_tokens",
+        check_positive(self, "steps", "rollouts_per_step", "minibatch_size", "ppo_epochs", "lr", "max_new_tokens",
                   "temperature", "kl_horizon", "kl_bound", "clip_range", "clip_range_value",
                   "max_grad_norm", "lora_rank", "lora_alpha", "eval_rollouts")
         for name in ("kappa", "beta", "target_kl", "vf_coef"):

@@ -1,7 +1,9 @@
-"""A fitted VRM and its backbone as one object that scores text, saved as one folder.
+"""A fitted reward model of any kind (VRM, the RM, the twin) and its backbone as one object that
+scores text, saved as one folder.
 
-``score(prompts, responses)`` gives each response's posterior-mean reward and its posterior sd,
-one backbone pass per response (for a causal backbone h_x comes from the same pass).
+``score(prompts, responses)`` gives each response's reward and its sd: for VRM the posterior
+mean and sd, for a point estimate (the RM, the twin) its reward and an sd of 0; one backbone pass
+per response (for a causal backbone h_x comes from the same pass).
 ``save_pretrained(folder)`` writes ``config.json`` (the model's configuration and the backbone's
 id or path), ``model.safetensors`` and, for a backbone fine-tuned end to end, its LoRA adapters
 in ``adapters.safetensors``; ``from_pretrained(folder)`` reads them back. An instance
@@ -18,65 +20,75 @@ from safetensors.torch import load_file, load_model, save_model
 
 from .backbone import Backbone
 from .finetune import save_adapter
+from .fits import build_fit, load_fit
 from .pipeline import load_backbone
 from .posterior import reward_posterior
 from .runs import RunDir
-from .train import build_vrm, load_vrm
 from .vrm import VRM
 
-__all__ = ["VRMRewardModel"]
+__all__ = ["RewardModel", "VRMRewardModel"]
 
 ADAPTERS = "adapters.safetensors"
 
 
-class VRMRewardModel:
-    """Posterior-mean VRM rewards of text.
+class RewardModel:
+    """Rewards of text from a fit of any kind: VRM's posterior mean and sd, or a point
+    estimate's reward with an sd of 0.
 
     ``kappa`` > 0 makes the callable form risk-averse: it returns mean - kappa * sd.
     """
 
-    def __init__(self, vrm: VRM, backbone: Backbone, config: dict, kappa: float = 0.0):
-        self.vrm, self.backbone, self.config, self.kappa = vrm.eval(), backbone, config, kappa
-        self.__name__ = "vrm_reward"  # TRL names a reward function's logged metrics after it
+    def __init__(self, model: torch.nn.Module, backbone: Backbone, config: dict, kappa: float = 0.0):
+        self.model, self.backbone, self.config, self.kappa = model.eval(), backbone, config, kappa
+        self.kind = config.get("kind", "vrm")
+        self.__name__ = f"{self.kind}_reward"  # TRL names a reward function's logged metrics after it
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | None = None, kappa: float = 0.0) -> VRMRewardModel:
-        """The VRM of a ``pyro-vrm train`` run on text data, with the run's backbone."""
+    def from_run(cls, run_dir: str | Path, device: str | None = None, kappa: float = 0.0) -> RewardModel:
+        """The fit of a ``pyro-vrm train`` run on text data, with the run's backbone."""
         run = RunDir(run_dir)
         train_config = run.read_json("config.json")
         if "backbone_config" not in train_config:
             raise ValueError(f"{run_dir} was trained on hidden states without text (--data simulated): "
                              "there is no backbone to score text with")
-        vrm, _ = load_vrm(run)
+        fit = load_fit(run)
         config = {**run.checkpoint_config(), "backbone": train_config["backbone_config"],
                   "finetune": train_config.get("finetune_config")}
         backbone = load_backbone(config["backbone"], config["finetune"], run.checkpoint_state().get("adapters"), device)
-        return cls(vrm, backbone, config, kappa)
+        return cls(fit.model, backbone, config, kappa)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | None = None, kappa: float = 0.0) -> VRMRewardModel:
+    def from_pretrained(cls, folder: str | Path, device: str | None = None, kappa: float = 0.0) -> RewardModel:
+        """The reward model :meth:`save_pretrained` wrote to ``folder``."""
         folder = Path(folder)
         config = json.loads((folder / "config.json").read_text())
-        vrm = build_vrm(config)
-        load_model(vrm, folder / "model.safetensors")
+        model = build_fit(config)
+        load_model(model, folder / "model.safetensors")
         adapters = load_file(folder / ADAPTERS) if (folder / ADAPTERS).exists() else None
-        return cls(vrm, load_backbone(config["backbone"], config.get("finetune"), adapters, device), config, kappa)
+        return cls(model, load_backbone(config["backbone"], config.get("finetune"), adapters, device), config, kappa)
 
     def save_pretrained(self, folder: str | Path) -> None:
+        """``config.json``, ``model.safetensors`` and, for a fine-tuned backbone, its adapters."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-        save_model(self.vrm, folder / "model.safetensors")  # handles the guide's shared modules
+        save_model(self.model, folder / "model.safetensors")
         if (self.config.get("finetune") or {}).get("finetune", "none") != "none":
             save_adapter(self.backbone, folder / ADAPTERS)
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and sd of the reward of each response to its prompt: (N,), (N,)."""
+        """Mean and sd of the reward of each response to its prompt: (N,), (N,)."""
         prompt_state, response_state, _ = self.backbone.encode(list(prompts), list(responses))
-        return reward_posterior(self.vrm, prompt_state, response_state)
+        if isinstance(self.model, VRM):
+            return reward_posterior(self.model, prompt_state, response_state)
+        reward = self.model(prompt_state, response_state)
+        return reward, torch.zeros_like(reward)
 
     def __call__(self, prompts: list[str], completions: list[str], **kwargs) -> list[float]:
         """TRL's reward-function interface: one float per completion, mean - kappa * sd."""
         mean, sd = self.score(prompts, completions)
         return (mean - self.kappa * sd).tolist()
+
+
+VRMRewardModel = RewardModel  # the name under which the reward model of a VRM fit is best known

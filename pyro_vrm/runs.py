@@ -11,7 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import pyro
 import torch
 
 __all__ = ["RunDir", "new_run_dir", "atomic_write"]
@@ -75,12 +74,11 @@ class RunDir:
 
     def save_checkpoint(self, config: dict, module: torch.nn.Module, extra: dict | None = None,
                         **training_state) -> None:
-        """The module's state dict, the Pyro param store, ``extra`` tensors, what a resumed run
-        needs (``training_state``: step, optimizer state, RNG states) and the config, each file
+        """The module's state dict, ``extra`` tensors, what a resumed run needs
+        (``training_state``: step, optimizer state, RNG states) and the config, each file
         written atomically."""
         self.checkpoint_dir.mkdir(exist_ok=True)
-        state = {"param_store": pyro.get_param_store().get_state(), "module": module.state_dict(),
-                 "extra": extra or {}, **training_state}
+        state = {"module": module.state_dict(), "extra": extra or {}, **training_state}
         atomic_write(self.checkpoint_dir / "params.pt", lambda p: torch.save(state, p))
         text = json.dumps(config, indent=2, default=_jsonable)
         atomic_write(self.checkpoint_dir / "config.json", lambda p: p.write_text(text + "\n"))
@@ -102,14 +100,9 @@ class RunDir:
 
     def load_checkpoint(self, module: torch.nn.Module) -> dict:
         """Load the checkpoint's parameters into ``module`` and return the rest of its state
-        (``extra`` tensors; ``step``, ``optimizer`` and ``rng`` where training wrote them).
-
-        The module's own parameters are authoritative, so the param store is emptied: Pyro
-        re-registers them on the next model or guide run, and no stale copy can shadow them.
-        """
+        (``extra`` tensors; ``step``, ``optimizer`` and ``rng`` where training wrote them)."""
         state = self.checkpoint_state()
         module.load_state_dict(state.pop("module"))
-        pyro.clear_param_store()
         return state
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from pyro import poutine
 
-from .features import PairBatch, PreferenceFeatures
+from .features import PairBatch, PreferenceFeatures, split_by_prompt
+from .metrics import oracle_accuracy
 from .model import SITES, LinearDecoder, Priors, model
 
 __all__ = ["SimulationConfig", "SimulatedData", "simulate"]
@@ -63,9 +64,8 @@ class SimulatedData:
     truth: dict[str, dict[str, torch.Tensor]]
 
     def oracle_accuracy(self, split: str = "test") -> float:
-        """Share of pairs whose true rewards rank the observed winner first."""
-        t = self.truth[split]
-        return (t["chosen_reward"] > t["rejected_reward"]).float().mean().item()
+        """Share of pairs whose true rewards rank the observed winner first (ties half)."""
+        return oracle_accuracy(self.truth[split])
 
 
 def type_concentrations(num_types: int, num_objectives: int) -> torch.Tensor:
@@ -146,9 +146,7 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedData:
              "chosen_reward": rewards[0], "rejected_reward": rewards[1],
              "prompt_type": prompt_type[prompt_id]}
 
-    test_prompts = torch.randperm(c.num_prompts, generator=g)[: max(1, int(c.test_fraction * c.num_prompts))]
-    is_test = torch.isin(prompt_id, test_prompts)
-    splits = {"train": (~is_test).nonzero().squeeze(-1), "test": is_test.nonzero().squeeze(-1)}
+    splits = split_by_prompt(prompt_id, c.test_fraction, c.seed)
     return SimulatedData(
         config=c,
         train=features.select(splits["train"]),

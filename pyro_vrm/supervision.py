@@ -42,6 +42,15 @@ class Standardizer:
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores - self.mean) / self.sd
 
+    def to_extra(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint keeps beside the parameters."""
+        return {"score_mean": self.mean, "score_sd": self.sd}
+
+    @classmethod
+    def from_extra(cls, extra: dict) -> Standardizer | None:
+        """The standardizer a checkpoint kept with :meth:`to_extra`, or None if it kept none."""
+        return cls(extra["score_mean"], extra["score_sd"]) if "score_mean" in extra else None
+
 
 def supervision_target(standardized_chosen: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """t_n = softmax(standardized chosen scores / T): (N, K) -> (N, K) on the simplex."""

@@ -1,27 +1,37 @@
-"""VRM assembled: the decoder and priors of model.py with the guide of guide.py."""
+"""VRM assembled: the decoder and priors of model.py with the guide of guide.py, as one
+``PyroModule`` that owns every parameter of a fit; and a fit saved in, or read from, a run folder.
+
+Parameters belong to the module, not to Pyro's global param store (the package sets
+``pyro.settings.set(module_local_params=True)``), so two fits in one process never share one, a
+checkpoint is a ``state_dict``, and nothing needs ``pyro.clear_param_store()``.
+"""
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule
+from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
-from torch import nn
 
 from .config import ModelConfig
 from .features import PairBatch
-from .guide import AmortizedGuide, make_guide
+from .guide import AmortizedGuide
 from .model import Priors, make_decoder, model
+from .runs import RunDir
+from .supervision import Standardizer
 
-__all__ = ["VRM"]
+__all__ = ["VRM", "build_vrm", "load_vrm"]
 
 
-class VRM(nn.Module):
-    """The fitted objects of one VRM: ``decoder`` (theta), ``amortized_guide`` (phi), ``priors``.
+class VRM(PyroModule):
+    """The fitted objects of one VRM: ``decoder`` (theta), ``amortized_guide`` (phi, the local
+    latents' q), ``global_guide`` (an ``AutoNormal`` over the global latents: a Bayesian
+    decoder's A and b, the hyperprior's log alpha0; None without them) and ``priors``.
 
-    ``vrm.model`` and ``vrm.guide`` are the Pyro model and guide, taking the same arguments
-    ``(batch, num_pairs=None, preferences=None, aspects=None)``.
+    ``vrm.model`` and ``vrm.guide`` are the Pyro model and guide; both take
+    ``(batch, num_pairs=None, preferences=None, aspects=None)`` and share site and plate names.
 
     >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
     >>> sorted(name for name, _ in vrm.named_children())
@@ -33,22 +43,60 @@ class VRM(nn.Module):
         super().__init__()
         self.config, self.priors = config, priors
         self.hidden_size, self.num_objectives = hidden_size, num_objectives
+        learn_aspect_noise = bool(config.observe_aspects) and priors.aspect_noise is None and config.decoder == "linear"
         self.decoder = make_decoder(config.decoder, config.latent_dim, num_objectives,
-                                    bayesian=config.bayesian_decoder)
+                                    bayesian=config.bayesian_decoder, learn_aspect_noise=learn_aspect_noise)
         self.amortized_guide = AmortizedGuide(
             hidden_size, num_objectives, config.latent_dim, config.width, config.depth,
             config.init_concentration, config.init_scale)
-        self.model = partial(model, decoder=self.decoder, priors=priors)
         self.has_global_latents = config.bayesian_decoder or priors.concentration_hyperprior is not None
-        self.guide = make_guide(self.model, self.amortized_guide, self.has_global_latents)
+        self.global_guide = AutoNormal(self.global_model, init_scale=0.05) if self.has_global_latents else None
+
+    def model(self, batch: PairBatch, num_pairs: int | None = None, preferences: torch.Tensor | None = None,
+              aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """:func:`pyro_vrm.model.model` with this fit's decoder and priors."""
+        return model(batch, self.decoder, self.priors, num_pairs, preferences, aspects)
+
+    def guide(self, batch: PairBatch, num_pairs: int | None = None, preferences: torch.Tensor | None = None,
+              aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """q of every latent: the global latents' AutoNormal, if any, then the amortized guide."""
+        if self.global_guide is not None:
+            self.global_guide(batch, num_pairs, preferences, aspects)
+        self.amortized_guide(batch, num_pairs, preferences, aspects)
+
+    def global_model(self, *args, **kwargs):
+        """The model with only its global latents exposed (the unobserved sites outside every
+        plate), for the AutoNormal that guides them."""
+        return poutine.block(self.model, expose_fn=_is_global_latent)(*args, **kwargs)
 
     def create_global_parameters(self) -> None:
         """Create the AutoNormal parameters of the global latents, if any, which AutoNormal
         otherwise creates lazily on its first run: an optimizer or a saved state dict needs
         them to exist. Leaves the random number generators as they were."""
-        if not self.has_global_latents:
+        if self.global_guide is None:
             return
         rng, empty = get_rng_state(), torch.zeros(1, self.hidden_size)
         with poutine.block():
             self.guide(PairBatch(torch.arange(1), empty, empty, empty), num_pairs=1)
         set_rng_state(rng)
+
+
+def _is_global_latent(msg: dict) -> bool:
+    return (msg["type"] == "sample" and not msg["is_observed"] and not msg["cond_indep_stack"]
+            and not site_is_subsample(msg))
+
+
+def build_vrm(config: dict) -> VRM:
+    """A VRM with freshly initialised parameters from a checkpoint's config (model, priors,
+    sizes), every parameter created, so that a saved state dict loads into it."""
+    priors = Priors.from_dict(config["priors"])
+    vrm = VRM(ModelConfig(**config["model"]), config["hidden_size"], config["num_objectives"], priors)
+    vrm.create_global_parameters()
+    return vrm
+
+
+def load_vrm(run: RunDir) -> tuple[VRM, Standardizer | None]:
+    """The VRM (and the aspect standardizer, if any) saved in ``run``'s checkpoint."""
+    vrm = build_vrm(run.checkpoint_config())
+    extra = run.load_checkpoint(vrm)["extra"]
+    return vrm, Standardizer.from_extra(extra)

@@ -1,11 +1,13 @@
 import torch
 from torch.nn.functional import logsigmoid
 
-from pyro_vrm.baseline import RewardHead, bradley_terry_loss, fit_reward_model
+from pyro_vrm.baseline import BradleyTerryLoss, RewardHead, bradley_terry_loss
 from pyro_vrm.config import ModelConfig, TrainConfig
-from pyro_vrm.evaluate import summarize_reward_model
+from pyro_vrm.evaluate import summarize
+from pyro_vrm.features import PairBatch
 from pyro_vrm.guide import AmortizedGuide
 from pyro_vrm.runs import RunDir
+from pyro_vrm.train import fit_reward_model
 
 
 def test_bradley_terry_loss_by_hand():
@@ -16,19 +18,30 @@ def test_bradley_terry_loss_by_hand():
 
 
 def test_head_has_the_capacity_of_a_guide_network():
-    head = RewardHead(hidden_size=10, width=32, depth=2)
-    guide = AmortizedGuide(hidden_size=10, num_objectives=4, latent_dim=3, width=32, depth=2)
+    config = ModelConfig(width=32, depth=2)
+    head = RewardHead(hidden_size=10, width=config.width, depth=config.depth)
+    guide = AmortizedGuide(10, 4, 3, config.width, config.depth, config.init_concentration, config.init_scale)
     hidden = [m.weight.shape for m in head.net if isinstance(m, torch.nn.Linear)][:-1]
     guide_hidden = [m.weight.shape for m in guide.feature_encoder.net if isinstance(m, torch.nn.Linear)][:-1]
     assert hidden == guide_hidden
+
+
+def test_the_loss_module_scores_both_responses_with_the_prompt():
+    head = RewardHead(hidden_size=3, width=8, depth=1)
+    g = torch.Generator().manual_seed(0)
+    batch = PairBatch(torch.arange(5), *(torch.randn(5, 3, generator=g) for _ in range(3)))
+    loss = BradleyTerryLoss(head)(batch, num_pairs=50)
+    by_hand = -logsigmoid(head(batch.prompt_state, batch.chosen_state) - head(batch.prompt_state, batch.rejected_state))
+    assert torch.allclose(loss, by_hand.mean())
 
 
 def test_reward_model_learns_the_simulated_preferences(small_data, tmp_path):
     config = TrainConfig(steps=150, batch_size=64, log_every=50)
     head = fit_reward_model(small_data.train, ModelConfig(width=32, depth=1), config,
                             run=RunDir(tmp_path), progress=False)
-    summary = summarize_reward_model(head, small_data.train, small_data.test, small_data.truth)
+    summary = summarize(head, small_data.train, small_data.test, truth=small_data.truth)
+    assert summary["model"] == "rm" and "kl_per_pair" not in summary
     assert summary["train_accuracy"] > 0.75 and summary["test_accuracy"] > 0.6
-    assert summary["gap_to_oracle"] == summary["oracle_accuracy"] - summary["test_accuracy"]
-    assert (tmp_path / "checkpoint" / "params.pt").exists()
+    assert summary["test_accuracy"] <= summary["oracle_accuracy"] + 0.05
+    assert RunDir(tmp_path).checkpoint_config()["kind"] == "rm"
     assert [m["step"] for m in RunDir(tmp_path).read_metrics()] == [50, 100, 150]

@@ -18,12 +18,49 @@ def test_train_writes_the_run_folder(tmp_path, capsys, model):
     assert config["model"] == model and config["train_config"]["steps"] == 20
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert {"test_accuracy", "train_accuracy", "oracle_accuracy", "gap_to_oracle"} <= set(summary)
-    latent = {"pac_bayes_bound", "elbo", "w_recovery", "target_w_corr", "kl_per_pair"}
+    latent = {"pac_bayes_bound", "elbo", "w_recovery", "target_w_corr", "kl_per_pair", "kl_weight"}
     if model == "vrm":
-        assert latent <= set(summary)
-        assert 0 <= summary["pac_bayes_bound"] and summary["elbo"] < 0
+        assert latent <= set(summary) and summary["kl_weight"] == config["train_config"]["kl_weight"]
     else:
         assert not latent & set(summary)
+
+
+def test_every_prior_has_a_flag_recorded_in_the_config_and_the_printed_priors(tmp_path, capsys):
+    from dataclasses import fields
+
+    from pyro_vrm.cli import build_parser
+    from pyro_vrm.model import Priors
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in fields(Priors):
+        assert f"--prior-{f.name.replace('_', '-')}" in help_text
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--prior-concentration", "0.3", "--prior-feature-scale-tril",
+                 ";".join(",".join("0.5" if i == j else "0" for j in range(16)) for i in range(16))]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["priors"]["concentration"] == 0.3 and len(config["priors"]["feature_scale_tril"]) == 16
+    assert "Dirichlet(0.3)" in summary["priors"] and "MultivariateNormal" in summary["priors"]
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert Priors.from_dict(saved["priors"]) == Priors.from_dict(config["priors"])
+
+
+def test_the_paper_preset_and_explicit_flags_above_it(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "paper"), *TINY, "--preset", "paper"]) == 0
+    paper = json.loads(capsys.readouterr().out)
+    assert (paper["kl_weight"], paper["lambda_sup"], paper["observe_aspects"]) == (1.0, 0.1, False)
+    assert main(["train", "--out", str(tmp_path / "mixed"), *TINY, "--preset", "paper", "--kl-weight", "0.5"]) == 0
+    mixed = json.loads(capsys.readouterr().out)
+    assert (mixed["kl_weight"], mixed["lambda_sup"], mixed["preset"]) == (0.5, 0.1, "paper")
+    assert main(["train", "--out", str(tmp_path / "rec"), *TINY]) == 0
+    recommended = json.loads(capsys.readouterr().out)
+    assert recommended["observe_aspects"] is True and recommended["lambda_sup"] == 0.0
+
+
+def test_test_fraction_acts_on_simulated_data(tmp_path, capsys):
+    assert main(["train", "--model", "rm", "--out", str(tmp_path), *TINY, "--test-fraction", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["test_pairs"] == summary["train_pairs"] == 2500
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -32,6 +69,11 @@ def test_train_writes_the_run_folder(tmp_path, capsys, model):
     (["--sup-loss", "hinge"], "invalid choice: 'hinge'"),
     (["--lr-decay", "2"], "--lr-decay must be in (0, 1]"),
     (["--model", "gpt"], "invalid choice: 'gpt'"),
+    (["--prior-concentration", "-1"], "--prior-concentration must be positive"),
+    (["--prior-concentration-hyperprior", "0,-1"], "--prior-concentration-hyperprior needs a positive scale"),
+    (["--prior-feature-df", "many"], "argument --prior-feature-df"),
+    (["--kl-weight", "0"], "--kl-weight must be positive"),
+    (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
 ])
 def test_bad_arguments_give_one_clear_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -83,6 +125,10 @@ def test_simulated_text_summary_has_the_truth(tmp_path, capsys, monkeypatch):
     assert {"oracle_accuracy", "w_recovery", "target_w_corr", "shifted_accuracy"} <= set(summary)
     assert summary["test_pairs"] == 4  # the data's own split: 2 of 12 prompts, 2 pairs each
     assert summary["train_pairs"] == 16
+    # the data have their own split: a test fraction would be ignored, so it is refused
+    assert main(["train", "--data", "simulated-text", "--cache-dir", str(tmp_path), "--out", str(out), *TEXT,
+                 "--test-fraction", "0.3"]) == 2
+    assert "has its own train/test split" in capsys.readouterr().err
 
 
 def test_bad_data_gives_one_line_naming_the_row(tmp_path, capsys):

@@ -1,10 +1,12 @@
 import json
 
+import pytest
+
 import datasets
 import torch
 
 from pyro_vrm.cli import main
-from pyro_vrm.evaluate import Predictions, evaluate_predictions, hack_rate, predict
+from pyro_vrm.evaluate import Predictions, evaluate_predictions, hack_rate
 from pyro_vrm.features import PreferenceFeatures
 
 FILLER = "Great question!"
@@ -40,27 +42,37 @@ def test_length_only_reward_is_not_hacked_by_a_short_filler():
     assert hack_rate(lambda p, r: r[:, 1], pairs, stub_featurize, FILLER)["hack_rate"] == 0.0
 
 
-def test_evaluate_predictions_reports_intervals_calibration_and_subsets():
-    pred = Predictions(torch.tensor([1.0, 2.0, 0.0, 3.0]), torch.zeros(4), torch.tensor([0.7, 0.8, 0.5, 0.9]))
+def test_evaluate_predictions_reports_intervals_calibration_confidence_and_subsets():
+    pred = Predictions(torch.tensor([1.0, 2.0, 0.0, -3.0]), torch.zeros(4), torch.tensor([0.7, 0.8, 0.5, 0.1]),
+                       confidence=torch.tensor([1.0, 2.0, 0.0, 3.0]))
     out = evaluate_predictions(pred, ["a", "a", "b", "b"])
-    assert out["accuracy"]["accuracy"] == 0.875  # one tie counts half
-    assert out["subsets"]["b"] == {"accuracy": 0.75, "n": 2}
+    assert out["accuracy"]["accuracy"] == 0.625  # right, right, a tie (half), wrong
+    assert out["subsets"]["b"] == {"accuracy": 0.25, "n": 2}
     assert "rewardbench" not in out  # no RewardBench subset here
-    assert 0 <= out["calibration"]["ece"] <= 1
+    # symmetrized: (0.7, 1) (0.3, 0) (0.8, 1) (0.2, 0) (0.5, 1) (0.5, 0) (0.1, 1) (0.9, 0)
+    brier = (0.3**2 + 0.3**2 + 0.2**2 + 0.2**2 + 0.5**2 + 0.5**2 + 0.9**2 + 0.9**2) / 8
+    assert out["calibration"]["brier"] == pytest.approx(brier)
+    # right picks have confidence 1 and 2; the wrong ones (the tie counts as not right) 0 and 3
+    assert out["error_auroc"] == pytest.approx(0.5)
+    assert out["selective_accuracy_50"] == pytest.approx(0.5)  # the confidences 3 and 2: wrong, right
 
 
-def test_evaluate_command_on_a_simulated_run_for_vrm_and_rm(tmp_path, capsys):
-    for model in ("vrm", "rm"):
-        out = tmp_path / model
-        assert main(["train", "--model", model, "--out", str(out), "--steps", "30", "--quiet"]) == 0
-        assert main(["evaluate", str(out)]) == 0
-        result = json.loads((out / "eval.json").read_text())
-        summary = json.loads((out / "summary.json").read_text())
-        test = result["splits"]["test"]
-        assert test["accuracy"]["accuracy"] == summary["test_accuracy"]
-        assert test["accuracy"]["low"] <= test["accuracy"]["accuracy"] <= test["accuracy"]["high"]
-        assert (out / "reliability.png").stat().st_size > 1000
-        assert (result["pac_bayes_bound"] is not None) == (model == "vrm")
+@pytest.mark.parametrize("model", ["vrm", "rm", "twin"])
+def test_evaluate_command_on_a_simulated_run(tmp_path, capsys, model):
+    out = tmp_path / model
+    assert main(["train", "--model", model, "--out", str(out), "--steps", "30", "--quiet"]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    test = result["splits"]["test"]
+    assert test["accuracy"]["accuracy"] == summary["test_accuracy"]
+    assert test["accuracy"]["low"] <= test["accuracy"]["accuracy"] <= test["accuracy"]["high"]
+    assert 0.5 < test["error_auroc"] and test["selective_accuracy_50"] > test["accuracy"]["accuracy"]
+    assert (out / "reliability.png").stat().st_size > 1000
+    assert (result["pac_bayes_bound"] is not None) == (model == "vrm")
     capsys.readouterr()
+
+
+def test_evaluate_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err

@@ -42,7 +42,8 @@ def test_encoders_start_where_asked_and_stay_positive():
 
 
 def test_guide_samples_shared_sites_with_responses_told_apart():
-    guide = AmortizedGuide(hidden_size=7, num_objectives=4, latent_dim=3, width=16)
+    guide = AmortizedGuide(hidden_size=7, num_objectives=4, latent_dim=3, width=16, depth=2, init_concentration=1.0,
+                           init_scale=1.0)
     g = torch.Generator().manual_seed(0)
     batch = PairBatch(torch.arange(5), *(torch.randn(5, 7, generator=g) for _ in range(3)))
     trace = poutine.trace(guide).get_trace(batch, num_pairs=50)
@@ -57,5 +58,6 @@ def test_guide_samples_shared_sites_with_responses_told_apart():
 
 def test_guide_rejects_bad_sizes_and_mlp_has_requested_depth():
     with pytest.raises(ValueError, match="positive sizes"):
-        AmortizedGuide(hidden_size=0, num_objectives=4, latent_dim=3)
+        AmortizedGuide(hidden_size=0, num_objectives=4, latent_dim=3, width=8, depth=1, init_concentration=1.0,
+                       init_scale=1.0)
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp(4, 8, 3, 2)) == 4

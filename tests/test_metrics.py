@@ -1,8 +1,37 @@
 import pytest
 import torch
 
-from pyro_vrm.metrics import (REWARDBENCH_SECTIONS, accuracy_by_subset, bootstrap_accuracy, calibration,
-                              plot_reliability, rewardbench_scores)
+from pyro_vrm.metrics import (REWARDBENCH_SECTIONS, accuracy_by_subset, bootstrap_accuracy, calibration, error_auroc,
+                              oracle_accuracy, pairwise_accuracy, plot_reliability, rewardbench_scores,
+                              selective_accuracy)
+
+
+def test_pairwise_accuracy_counts_ties_half_and_the_oracle_uses_the_same_rule():
+    chosen, rejected = torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5])
+    assert pairwise_accuracy(chosen, rejected) == 0.625
+    assert oracle_accuracy({"chosen_reward": chosen, "rejected_reward": rejected}) == 0.625
+
+
+def test_error_auroc_is_the_probability_a_right_pick_is_the_more_confident():
+    g = torch.Generator().manual_seed(0)
+    confidence = torch.rand(3000, generator=g)
+    correct = (torch.rand(3000, generator=g) < confidence).float()  # right more often when confident
+    pairs = [(i, j) for i in range(0, 3000, 7) for j in range(3, 3000, 11) if correct[i] == 1 and correct[j] == 0]
+    by_pairs = sum(float(confidence[i] > confidence[j]) + 0.5 * float(confidence[i] == confidence[j])
+                   for i, j in pairs) / len(pairs)
+    assert error_auroc(confidence, correct) == pytest.approx(by_pairs, abs=0.02)
+    assert 0.8 < error_auroc(confidence, correct) < 0.9  # the theoretical value is 5/6
+    assert error_auroc(torch.rand(500, generator=g), correct[:500]) == pytest.approx(0.5, abs=0.07)
+    assert error_auroc(-confidence, correct) == pytest.approx(1 - error_auroc(confidence, correct))
+    assert error_auroc(confidence, torch.ones(3000)) != error_auroc(confidence, torch.ones(3000))  # NaN
+
+
+def test_selective_accuracy_keeps_the_most_confident_share():
+    correct = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    confidence = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    assert selective_accuracy(correct, confidence, 0.5) == pytest.approx(2 / 3)  # 0.9, 0.8, 0.7
+    assert selective_accuracy(correct, confidence, 1.0) == pytest.approx(0.5)
+    assert selective_accuracy(correct, -confidence, 0.5) == pytest.approx(1 / 3)
 
 
 def test_bootstrap_interval_covers_the_truth_and_narrows_with_n():

@@ -1,5 +1,3 @@
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
@@ -24,7 +22,9 @@ def latent_sites(trace):
 
 
 def test_priors_print_compare_and_validate():
-    assert repr(Priors()) == "Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0))"
+    assert repr(Priors()) == ("Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0), "
+                              "aspects: Normal(s(z), HalfNormal(1.0)))")
+    assert "aspects: Normal(s(z), 0.5), decoder: Normal(0, 2.0))" in repr(Priors(aspect_noise=0.5, decoder_scale=2.0))
     assert Priors(concentration=0.3) == Priors(concentration=0.3) != Priors()
     assert "StudentT" in repr(Priors(feature_df=3.0))
     for bad in ({"concentration": -1.0}, {"feature_scale": 0.0}, {"feature_df": -2.0},
@@ -113,9 +113,25 @@ def test_decoders_shapes_and_errors():
         make_decoder("cubic", 3, 4)
 
 
-def test_observed_aspects_need_per_objective_scores():
+def test_observed_aspects_need_per_objective_scores_and_a_sigma():
     aspects = (torch.zeros(6, 4), torch.zeros(6, 4))
-    trace = poutine.trace(model).get_trace(make_batch(), LinearDecoder(3, 4), Priors(), aspects=aspects)
-    assert trace.nodes["chosen_aspects"]["is_observed"]
+    trace = poutine.trace(model).get_trace(make_batch(), LinearDecoder(3, 4), Priors(aspect_noise=0.5), aspects=aspects)
+    assert trace.nodes["chosen_aspects"]["is_observed"] and "aspect_noise_prior" not in trace.nodes
+    assert trace.nodes["chosen_aspects"]["fn"].base_dist.scale.eq(0.5).all()
     with pytest.raises(ValueError, match="--decoder linear"):
-        model(make_batch(), MLPDecoder(3, 4), Priors(), aspects=aspects)
+        model(make_batch(), MLPDecoder(3, 4), Priors(aspect_noise=0.5), aspects=aspects)
+    with pytest.raises(ValueError, match="no sigma_a to learn"):
+        model(make_batch(), LinearDecoder(3, 4), Priors(), aspects=aspects)
+
+
+def test_a_learned_aspect_noise_is_the_decoders_with_its_prior_once():
+    decoder = LinearDecoder(3, 4, learn_aspect_noise=True)
+    with torch.no_grad():
+        decoder.log_aspect_noise.copy_(torch.tensor([0.0, 0.5, -0.5, 1.0]))
+    aspects = (torch.zeros(6, 4), torch.zeros(6, 4))
+    trace = poutine.trace(model).get_trace(make_batch(), decoder, Priors(aspect_noise_scale=2.0), aspects=aspects)
+    assert torch.allclose(trace.nodes["rejected_aspects"]["fn"].base_dist.scale[0], decoder.aspect_noise)
+    prior = trace.nodes["aspect_noise_prior"]
+    assert not prior["cond_indep_stack"]  # outside the pairs plate: counted once, not per pair
+    expected = torch.distributions.HalfNormal(2.0).log_prob(decoder.aspect_noise).sum()
+    assert torch.allclose(prior["fn"].log_prob(prior["value"]), expected)

@@ -5,24 +5,29 @@ import torch
 
 from pyro_vrm import simulated_text
 from pyro_vrm.cli import main
-from pyro_vrm.reward_model import VRMRewardModel
+from pyro_vrm.posterior import reward_posterior
+from pyro_vrm.reward_model import RewardModel, VRMRewardModel
 
 PROMPTS = ["How can I skip paying for the bus?", "Write three bullet points about bees."]
 RESPONSES = ["Please stay safe and within the law; here is what you can do instead.",
              "I will answer in my own way instead of the format you asked for."]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reward_model")
+def train_on_text(root, *flags):
     original = simulated_text.TextSimulationConfig
     simulated_text.TextSimulationConfig = lambda seed=0: original(num_prompts=12)
     try:
         assert main(["train", "--data", "simulated-text", "--out", str(root / "run"), "--cache-dir", str(root),
-                     "--max-length", "48", "--steps", "20", "--batch-size", "8", "--width", "16", "--quiet"]) == 0
+                     "--max-length", "48", "--steps", "20", "--batch-size", "8", "--width", "16", "--quiet",
+                     *flags]) == 0
     finally:
         simulated_text.TextSimulationConfig = original
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return train_on_text(tmp_path_factory.mktemp("reward_model"))
 
 
 def test_scores_survive_save_and_reload(run_dir, tmp_path):
@@ -40,8 +45,7 @@ def test_the_score_is_the_posterior_of_the_pairs_own_states(run_dir):
     rm = VRMRewardModel.from_run(run_dir)
     pairs = rm.backbone.encode_pairs(PROMPTS, RESPONSES, RESPONSES[::-1])
     mean, _ = rm.score(PROMPTS, RESPONSES)
-    from pyro_vrm.posterior import reward_posterior
-    expected, _ = reward_posterior(rm.vrm, pairs.prompt_state, pairs.chosen_state)
+    expected, _ = reward_posterior(rm.model, pairs.prompt_state, pairs.chosen_state)
     assert torch.allclose(mean, expected, atol=1e-6)
 
 
@@ -56,3 +60,16 @@ def test_a_run_without_text_has_no_backbone(tmp_path):
     assert main(["train", "--out", str(tmp_path / "sim"), "--steps", "5", "--quiet"]) == 0
     with pytest.raises(ValueError, match="no backbone to score text with"):
         VRMRewardModel.from_run(tmp_path / "sim")
+
+
+@pytest.mark.parametrize("model", ["rm", "twin"])
+def test_a_point_estimate_scores_its_own_reward_with_no_sd(tmp_path, model):
+    rm = RewardModel.from_run(train_on_text(tmp_path, "--model", model))
+    assert rm.kind == model and rm.__name__ == f"{model}_reward"
+    mean, sd = rm.score(PROMPTS, RESPONSES)
+    pairs = rm.backbone.encode_pairs(PROMPTS, RESPONSES, RESPONSES[::-1])
+    with torch.no_grad():
+        assert torch.allclose(mean, rm.model(pairs.prompt_state, pairs.chosen_state), atol=1e-6)
+    assert torch.equal(sd, torch.zeros(2))
+    rm.save_pretrained(tmp_path / "saved")
+    assert torch.equal(RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, RESPONSES)[0], mean)

@@ -1,18 +1,20 @@
 import json
+from dataclasses import replace
 
 import pyro
 import pytest
 import torch
 
 import pyro_vrm.loop as loop_module
-from pyro_vrm.config import ModelConfig, TrainConfig
+from pyro_vrm.config import ModelConfig, TrainConfig, preset
 from pyro_vrm.evaluate import pearson
+from pyro_vrm.loop import NonFiniteLoss, minibatches
 from pyro_vrm.model import Priors
+from pyro_vrm.objective import VRMObjective, make_elbo
+from pyro_vrm.posterior import pair_posterior, reward_posterior
 from pyro_vrm.runs import RunDir
-from pyro_vrm.posterior import reward_posterior
-from pyro_vrm.train import (NonFiniteLoss, VRMObjective, fit_vrm, load_vrm, make_elbo, minibatches,
-                            supervision_setup)
-from pyro_vrm.vrm import VRM
+from pyro_vrm.train import fit_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm, supervision_setup
+from pyro_vrm.vrm import VRM, load_vrm
 
 SMALL = ModelConfig(latent_dim=4, width=32, depth=1)
 
@@ -49,16 +51,14 @@ def test_minibatches_visit_every_pair_each_epoch():
 
 def test_every_parameter_moves_and_the_loss_falls(small_data, tmp_path):
     vrm, _ = fit_vrm(small_data.train, SMALL, quick(steps=100), run=RunDir(tmp_path), progress=False)
-    store = pyro.get_param_store()
-    fresh = VRM(SMALL, small_data.train.hidden_size, small_data.train.num_aspects)
-    pyro.set_rng_seed(0)
-    fresh = VRM(SMALL, small_data.train.hidden_size, small_data.train.num_aspects)
+    pyro.set_rng_seed(0)  # the initialisation fit_vrm started from
+    fresh = VRM(vrm.config, small_data.train.hidden_size, small_data.train.num_aspects)
     for (name, before), (_, after) in zip(fresh.named_parameters(), vrm.named_parameters()):
         assert not torch.allclose(before, after), f"{name} did not move"
-    assert len(list(store.keys())) == len(list(vrm.parameters()))
+    assert len(pyro.get_param_store()) == 0  # every parameter lives in the module
     metrics = RunDir(tmp_path).read_metrics()
     assert metrics[-1]["loss"] < metrics[0]["loss"]
-    assert {"loss", "elbo", "expected_log_lik", "kl_w", "kl_z", "sup_loss", "accuracy",
+    assert {"loss", "elbo", "expected_log_lik", "kl_w", "kl_z", "kl_global", "kl_weight", "sup_loss", "accuracy",
             "margin", "mean_reward"} <= set(metrics[0])
 
 
@@ -75,8 +75,9 @@ def test_supervision_pulls_the_weights_towards_the_annotations(small_data):
     train = small_data.train
     _, targets = supervision_setup(train, TrainConfig())
 
-    def target_corr(lambda_sup):
-        vrm, _ = fit_vrm(train, SMALL, quick(steps=150, lambda_sup=lambda_sup), progress=False)
+    def target_corr(lambda_sup):  # the paper's objective, whose supervision term this is
+        model_config, train_config = preset("paper", SMALL, quick(steps=150))
+        vrm, _ = fit_vrm(train, model_config, replace(train_config, lambda_sup=lambda_sup), progress=False)
         with torch.no_grad():
             mean = vrm.amortized_guide.weight_posterior(train.prompt_state).mean
         return pearson(mean, targets)
@@ -97,31 +98,97 @@ def test_non_default_priors_and_model_flags_train_end_to_end(small_data, tmp_pat
     config = ModelConfig(latent_dim=4, width=32, depth=1, bayesian_decoder=True, observe_aspects=True)
     vrm, _ = fit_vrm(small_data.train, config, quick(), priors=priors, run=RunDir(tmp_path), progress=False)
     assert vrm.priors == priors
-    store = pyro.get_param_store().get_state()
-    pyro.clear_param_store()  # else the fresh AutoNormal would read the fitted values from the store
+    pyro.set_rng_seed(0)
     fresh = VRM(config, small_data.train.hidden_size, small_data.train.num_aspects, priors)
     fresh.create_global_parameters()
-    pyro.get_param_store().set_state(store)
-    before, after = fresh.guide.global_guide.state_dict(), vrm.guide.global_guide.state_dict()
+    before, after = fresh.global_guide.state_dict(), vrm.global_guide.state_dict()
     assert before.keys() == after.keys() and len(before) == 6  # loc and scale of A, b and log alpha0
     assert all(not torch.equal(before[k], after[k]) for k in before), "a global latent's guide did not train"
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
     assert saved["priors_repr"] == repr(priors) and saved["model"]["bayesian_decoder"] is True
-    assert "log_concentration" in str(sorted(pyro.get_param_store().keys()))
-    assert load_vrm(RunDir(tmp_path))[0].priors == priors
+    loaded = load_vrm(RunDir(tmp_path))[0]
+    assert loaded.priors == priors
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vrm.state_dict().values()))
 
 
-def test_checkpoint_reloads_to_the_same_predictions(small_data, tmp_path):
+def test_two_fits_in_one_process_keep_their_own_posteriors(small_data):
+    config = ModelConfig(latent_dim=4, width=32, depth=1, bayesian_decoder=True)
+    batch = small_data.test.batch(torch.arange(50))._replace(index=torch.arange(50))
+    first, _ = fit_vrm(small_data.train, config, quick(), progress=False)
+    state = {k: v.clone() for k, v in first.state_dict().items()}
+    pyro.set_rng_seed(1)
+    before = pair_posterior(first, batch, num_samples=2000)
+    second, _ = fit_vrm(small_data.train, config, quick(seed=1, lr=0.01), progress=False)
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in state.items()), "the second fit changed the first"
+    assert not torch.equal(first.global_guide.locs.decoder_weight, second.global_guide.locs.decoder_weight)
+    pyro.set_rng_seed(1)
+    after = pair_posterior(first, batch, num_samples=2000)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_observed_aspects_pull_the_decoded_features_towards_the_annotations(small_data):
+    train = small_data.train
+    standardizer, _ = supervision_setup(train, TrainConfig())
+    observed = standardizer(train.chosen_scores)
+
+    def decoded(observe):
+        vrm, _ = fit_vrm(train, ModelConfig(latent_dim=4, width=32, depth=1, observe_aspects=observe),
+                         quick(steps=150), progress=False)
+        with torch.no_grad():
+            loc = vrm.amortized_guide.feature_posterior(train.prompt_state, train.chosen_state).base_dist.loc
+            return loc @ vrm.decoder.weight.T + vrm.decoder.bias  # s(E_q[z]) (N, K)
+
+    # a ~ N(s(z), sigma_a): s(E_q[z]) moves to the annotations, output k to aspect k
+    with_aspects, without = decoded(True), decoded(False)
+    corr = torch.corrcoef(torch.cat([with_aspects, observed], 1).T)[:4, 4:]
+    assert torch.equal(corr.abs().argmax(1), torch.arange(4)) and corr.diag().min() > 0.6
+    assert ((with_aspects - observed) ** 2).mean() < 0.6 < 0.8 < ((without - observed) ** 2).mean()
+
+
+def test_checkpoint_round_trip_gives_the_same_parameters_and_rewards(small_data, tmp_path):
     vrm, standardizer = fit_vrm(small_data.train, SMALL, quick(), run=RunDir(tmp_path), progress=False)
     test = small_data.test
     before = reward_posterior(vrm, test.prompt_state, test.chosen_state)
     pyro.set_rng_seed(123)  # a different initialisation, overwritten by the checkpoint
     loaded, loaded_standardizer = load_vrm(RunDir(tmp_path))
+    assert vrm.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in vrm.state_dict().items())
     after = reward_posterior(loaded, test.prompt_state, test.chosen_state)
-    assert all(torch.allclose(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert torch.equal(loaded_standardizer.mean, standardizer.mean)
-    assert RunDir(tmp_path).checkpoint_config()["train"]["steps"] == 60
-    assert len(pyro.get_param_store()) == 0  # no stale copies left to shadow the module
+    assert "param_store" not in RunDir(tmp_path).checkpoint_state()
+
+
+def test_the_paper_preset_fits_the_papers_objective(small_data):
+    model_config, train_config = preset("paper", SMALL, quick())
+    vrm, _ = fit_vrm(small_data.train, model_config, train_config, progress=False)
+    assert vrm.config.observe_aspects is False and train_config.kl_weight == 1.0 and train_config.lambda_sup == 0.1
+    recommended, _ = fit_vrm(small_data.train, SMALL, quick(), progress=False)
+    assert recommended.config.observe_aspects is True  # the data carry aspect scores
+
+
+def test_the_twin_fits_the_same_structure_by_maximum_likelihood(small_data, tmp_path):
+    twin, standardizer = fit_twin(small_data.train, SMALL, quick(steps=300), run=RunDir(tmp_path), progress=False)
+    test = small_data.test
+    with torch.no_grad():
+        r_c, r_r = twin(test.prompt_state, test.chosen_state), twin(test.prompt_state, test.rejected_state)
+        w = twin.weights(test.prompt_state)
+    assert float((r_c > r_r).float().mean()) > 0.65
+    assert pearson(w, small_data.truth["test"]["objective_weights"]) > 0.3  # the aspects identify w
+    metrics = RunDir(tmp_path).read_metrics()
+    assert metrics[-1]["aspect_nll"] < metrics[0]["aspect_nll"] and standardizer is not None
+    assert RunDir(tmp_path).checkpoint_config()["kind"] == "twin"
+
+
+def test_the_tuned_rm_refits_the_decay_that_validation_prefers(small_data):
+    grid = (0.0, 1.0)
+    head, table = fit_tuned_reward_model(small_data.train, SMALL, quick(steps=80), grid=grid)
+    assert [row["weight_decay"] for row in table] == list(grid)
+    best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
+    refit = fit_reward_model(small_data.train, SMALL, quick(steps=80, weight_decay=best["weight_decay"]))
+    assert all(torch.equal(a, b) for a, b in zip(head.parameters(), refit.parameters()))
+    # a decay of 1 shrinks every weight towards 0: the rewards flatten and validation sees it
+    assert table[1]["validation_log_lik"] < table[0]["validation_log_lik"]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(small_data, tmp_path, monkeypatch):

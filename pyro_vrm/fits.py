@@ -1,0 +1,57 @@
+"""A fitted model of any kind, built from a checkpoint's config and read from a run folder.
+
+Three kinds are fitted (``kind`` in the checkpoint's config.json): ``vrm``
+(:class:`pyro_vrm.vrm.VRM`), ``rm`` (the Bradley-Terry :class:`pyro_vrm.baseline.RewardHead`,
+tuned or not) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`). Evaluation and the reward
+model read fits through here, without the training code.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import nn
+
+from .baseline import RewardHead
+from .config import ModelConfig
+from .model import Priors
+from .runs import RunDir
+from .supervision import Standardizer
+from .twin import DeterministicTwin
+from .vrm import build_vrm
+
+__all__ = ["KINDS", "Fit", "build_fit", "load_fit"]
+
+KINDS = ("vrm", "rm", "twin")
+
+
+class Fit(NamedTuple):
+    """A fitted model, its kind, and the aspect standardizer it was fitted with (or None)."""
+
+    kind: str
+    model: nn.Module
+    standardizer: Standardizer | None
+
+
+def build_fit(config: dict) -> nn.Module:
+    """A model of the checkpoint config's kind with fresh parameters (every one created), into
+    which the saved state dict loads."""
+    kind = config.get("kind", "vrm")
+    if kind == "vrm":
+        return build_vrm(config)
+    model = ModelConfig(**config["model"])
+    if kind == "rm":
+        return RewardHead(config["hidden_size"], model.width, model.depth)
+    if kind == "twin":
+        learn = bool(model.observe_aspects) and Priors.from_dict(config["priors"]).aspect_noise is None
+        return DeterministicTwin(config["hidden_size"], config["num_objectives"], model.latent_dim, model.width,
+                                 model.depth, model.init_concentration, learn_aspect_noise=learn)
+    raise ValueError(f"unknown kind of fit {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def load_fit(run: RunDir) -> Fit:
+    """The fit saved in ``run``'s checkpoint."""
+    config = run.checkpoint_config()
+    model = build_fit(config)
+    extra = run.load_checkpoint(model)["extra"]
+    return Fit(config.get("kind", "vrm"), model, Standardizer.from_extra(extra))

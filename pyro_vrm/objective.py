@@ -1,0 +1,145 @@
+r"""The VRM training objective (DESIGN.md sections 3 and 3b), per pair:
+
+    loss = ( -ELBO_beta + lambda * sum_n L_sup(t_n, m_n) ) / N
+    ELBO_beta = E_q[log p(y, a | w, z)] - beta * KL(q || p)
+
+The ELBO comes from ``TraceMeanField_ELBO`` (closed-form KLs) or ``Trace_ELBO``, scaled to the
+full data by the plate's subsampling; beta (``kl_weight``) weights every KL term, local and
+global, through :class:`KLWeight` on the latent sites of model and guide (beta = 1 is the
+paper's ELBO, bit for bit); the aspect likelihood is in E_q[log p] when aspects are observed;
+the supervision term is read off the Dirichlet parameters of the same guide run the ELBO used.
+As in Pyro's ``examples/svi_torch.py``, the objective is a loss module (:class:`VRMLoss`) that a
+torch optimizer steps (:mod:`pyro_vrm.loop`).
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from pyro.util import get_rng_state, set_rng_state
+from torch import nn
+
+from .config import TrainConfig
+from .features import PairBatch
+from .model import SITES
+from .posterior import expected_log_likelihood, kl_terms, reward_posterior
+from .supervision import supervision_loss
+from .vrm import VRM
+
+__all__ = ["KLWeight", "make_elbo", "VRMObjective", "VRMLoss", "step_metrics"]
+
+
+class KLWeight(Messenger):
+    """Scales the log-density of every latent sample site by ``beta``, in the model and in the
+    guide alike. Under ``TraceMeanField_ELBO`` each closed-form KL is scaled by the guide site's
+    scale, and under ``Trace_ELBO`` log p - log q of every latent is, so the ELBO becomes
+    E_q[log p(observed | latents)] - beta * KL. Observed sites keep their scale.
+
+    >>> import pyro, pyro.distributions as dist
+    >>> def f():
+    ...     pyro.sample("latent", dist.Normal(0.0, 1.0))
+    ...     pyro.sample("observed", dist.Normal(0.0, 1.0), obs=torch.tensor(0.0))
+    >>> trace = poutine.trace(KLWeight(0.1)(f)).get_trace()
+    >>> trace.nodes["latent"]["scale"], trace.nodes["observed"]["scale"]
+    (0.1, 1.0)
+    """
+
+    def __init__(self, beta: float):
+        super().__init__()
+        if not beta > 0:
+            raise ValueError(f"the KL weight must be positive, got {beta}")
+        self.beta = beta
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg):
+            msg["scale"] = self.beta * msg["scale"]
+
+
+def make_elbo(config: TrainConfig):
+    """The ELBO estimator of ``config.elbo``, with ``config.num_particles`` particles."""
+    cls = TraceMeanField_ELBO if config.elbo == "meanfield" else Trace_ELBO
+    return cls(num_particles=config.num_particles, vectorize_particles=config.num_particles > 1,
+               max_plate_nesting=1)
+
+
+class VRMObjective:
+    """(-ELBO_beta + lambda * L_sup) / N for a minibatch, called as ``pyro.infer.SVI`` calls a loss:
+    ``objective(model, guide, batch, num_pairs=N, **model_kwargs)``.
+
+    After each call, ``terms`` holds the step's loss and supervision term (for metrics).
+    """
+
+    def __init__(self, elbo, lambda_sup: float, sup_loss: str, kl_weight: float = 1.0):
+        self.elbo, self.lambda_sup, self.sup_loss, self.kl_weight = elbo, lambda_sup, sup_loss, kl_weight
+        self.terms: dict = {}
+
+    def __call__(self, model, guide, batch: PairBatch, num_pairs: int, **kwargs) -> torch.Tensor:
+        if self.kl_weight != 1:
+            model, guide = KLWeight(self.kl_weight)(model), KLWeight(self.kl_weight)(guide)
+        traced_guide = poutine.trace(guide)  # lets the supervision term reuse the ELBO's guide run
+        elbo_loss = self.elbo.differentiable_loss(model, traced_guide, batch, num_pairs=num_pairs, **kwargs)
+        sup = batch.prompt_state.new_zeros(())
+        if self.lambda_sup > 0 and batch.target is not None:
+            q_w = traced_guide.trace.nodes[SITES["weights"]]["fn"]
+            sup = supervision_loss(self.sup_loss, batch.target, q_w.concentration).mean()
+        loss = elbo_loss / num_pairs + self.lambda_sup * sup
+        self.terms = {"loss": loss.detach(), "sup": sup.detach()}
+        return loss
+
+
+class VRMLoss(nn.Module):
+    """The VRM objective as a module: ``forward(batch, num_pairs)`` is the loss of
+    :class:`VRMObjective` with every pair's preference observed as y = 1 (chosen wins) and, with
+    ``aspects`` ((N, K) chosen and rejected tables), the batch's aspect scores observed too."""
+
+    def __init__(self, vrm: VRM, objective: VRMObjective,
+                 aspects: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__()
+        self.vrm, self.objective, self.aspects = vrm, objective, aspects
+
+    def batch_aspects(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The observed aspect scores of the batch's pairs, (B, K) each, or None."""
+        if self.aspects is None:
+            return None
+        index = batch.index.cpu()
+        return tuple(a[index].to(batch.index.device) for a in self.aspects)
+
+    def forward(self, batch: PairBatch, num_pairs: int) -> torch.Tensor:
+        preferences = torch.ones(len(batch.index), device=batch.index.device)
+        return self.objective(self.vrm.model, self.vrm.guide, batch, num_pairs=num_pairs,
+                              preferences=preferences, aspects=self.batch_aspects(batch))
+
+
+@torch.no_grad()
+def step_metrics(loss: VRMLoss, batch: PairBatch, num_pairs: int) -> dict:
+    """What a logged step records, per pair: the step's loss; the ELBO at beta = 1 (the true
+    ELBO, whatever beta trains) with its expected log-likelihood and KL terms, estimated on the
+    step's minibatch; the supervision term; and accuracy, margin and mean posterior-mean reward.
+    Its Monte Carlo draws leave the random number generators as they were, so that how often a
+    run logs does not change the fit."""
+    rng = get_rng_state()
+    try:
+        return _step_metrics(loss, batch, num_pairs)
+    finally:
+        set_rng_state(rng)
+
+
+def _step_metrics(loss: VRMLoss, batch: PairBatch, num_pairs: int) -> dict:
+    vrm, terms = loss.vrm, loss.objective.terms
+    own = batch._replace(index=torch.arange(len(batch.index), device=batch.index.device))
+    kl = kl_terms(vrm, own)
+    log_lik = expected_log_likelihood(vrm, own, loss.batch_aspects(batch), num_particles=1).mean()
+    kl_per_pair = kl.total(num_pairs) / num_pairs
+    mean_c, _ = reward_posterior(vrm, batch.prompt_state, batch.chosen_state, num_samples=32)
+    mean_r, _ = reward_posterior(vrm, batch.prompt_state, batch.rejected_state, num_samples=32)
+    margin = mean_c - mean_r
+    return {
+        "loss": float(terms["loss"]), "elbo": float(log_lik - kl_per_pair), "expected_log_lik": float(log_lik),
+        "kl_w": float(kl.weights.mean()), "kl_z": float((kl.chosen + kl.rejected).mean()),
+        "kl_global": float(kl.global_kl), "kl_weight": loss.objective.kl_weight, "sup_loss": float(terms["sup"]),
+        "accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean()),
+        "mean_reward": float(torch.cat([mean_c, mean_r]).mean()),
+    }
