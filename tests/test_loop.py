@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from pyro_vrm.cli import main
 from pyro_vrm.config import ConfigError, TrainConfig
 from pyro_vrm.loop import minibatches
 from pyro_vrm.runs import RunDir
@@ -20,72 +22,120 @@ from pyro_vrm.train import fit_vrm
 
 # One thread per process: the same float reductions in every run, and no oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-TRAIN = ["train", "--quiet", "--width", "32", "--depth", "1", "--latent-dim", "4", "--log-every", "10"]
+SMALL = ["train", "--quiet", "--width", "32", "--depth", "1", "--latent-dim", "4"]  # a tiny network
+TRAIN = [*SMALL, "--log-every", "10"]
+STOPPABLE_CLI = Path(__file__).with_name("stoppable_cli.py")  # pyro_vrm.cli that can hold at a step
+
+# The resume tests: 60 steps, a checkpoint every 20, a record every 5; the stopped runs are held in
+# step 33, between checkpoints (20 and 40) and after records (25, 30) that a resume must drop and
+# log again, so that a run killed there must go back to step 20, and one stopped by SIGTERM must
+# checkpoint step 33 itself.
+RESUMABLE = [*SMALL, "--log-every", "5", "--steps", "60", "--checkpoint-every", "20"]
+HOLD_STEP = 33
 
 
-def cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pyro_vrm.cli", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+def held(*args: str, step: int, ready: Path) -> subprocess.Popen:
+    """A run that holds still in step ``step`` (before its loss) once it has written ``ready``, until
+    a signal comes: see tests/stoppable_cli.py."""
+    env = {**ENV, "PYRO_VRM_TEST_HOLD": f"{step}:{ready}"}
+    return subprocess.Popen([sys.executable, str(STOPPABLE_CLI), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
-def finished(*args: str) -> dict:
-    proc = cli(*args)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    return json.loads(out)
-
-
-def stop_when_logged(proc: subprocess.Popen, run: Path, step: int, sig: int) -> None:
-    """Send ``sig`` once metrics.jsonl holds a record at or past ``step``; the run must still be going."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-        if lines and lines[-1].endswith("}") and json.loads(lines[-1])["step"] >= step:
-            break
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be interrupted: give it more steps"
-    proc.send_signal(sig)
+def wait_until_held(proc: subprocess.Popen, ready: Path) -> None:
+    """Wait, however slow the machine, until the run holds at its step; it must still be going."""
+    deadline = time.monotonic() + 600
+    while not ready.exists():
+        assert proc.poll() is None, f"the run ended before it held: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, "the run never reached the step it was to hold at"
+        time.sleep(0.02)
+    assert proc.poll() is None
 
 
 def checkpoint(run: Path) -> dict:
     return torch.load(run / "checkpoint" / "params.pt", weights_only=False)
 
 
+def assert_same(a, b, where: str = "checkpoint") -> None:
+    """``a`` and ``b`` equal bit for bit, tensors and arrays included, however nested."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), f"{where} differs from the uninterrupted run"
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), f"{where} differs from the uninterrupted run"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where} differs from the uninterrupted run"
+
+
 def assert_same_run(resumed: Path, reference: Path) -> None:
-    a, b = checkpoint(resumed), checkpoint(reference)
-    assert a["step"] == b["step"]
-    assert a["module"].keys() == b["module"].keys()
-    for name in a["module"]:
-        assert torch.equal(a["module"][name], b["module"][name]), f"{name} differs from the uninterrupted run"
+    """Everything the final checkpoints hold (parameters, optimizer state, RNG states, step, extra
+    tensors), and every metrics record, as the uninterrupted run's."""
+    assert_same(checkpoint(resumed), checkpoint(reference))
     assert RunDir(resumed).read_metrics() == RunDir(reference).read_metrics()
+
+
+def in_process(*args: str) -> dict:
+    """``pyro-vrm train ...`` run by this process (its imports already paid for), on one thread as
+    the subprocesses are, so that its floats are theirs; the summary it wrote."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(list(args)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((Path(args[args.index("--out") + 1]) / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run of 1500 steps, checkpoint every 200."""
-    run = tmp_path_factory.mktemp("loop") / "reference"
-    finished(*TRAIN, "--steps", "1500", "--checkpoint-every", "200", "--out", str(run))
-    return run
+    """``reference()``: (folder, summary) of an uninterrupted run of the resume tests' settings,
+    fitted on first use (while the first test's run trains up to the step it holds at)."""
+    run, summary = tmp_path_factory.mktemp("loop") / "reference", {}
+
+    def get() -> tuple[Path, dict]:
+        if not summary:
+            summary.update(in_process(*RESUMABLE, "--out", str(run)))
+        return run, summary
+
+    return get
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(reference, tmp_path, sig):
-    run = tmp_path / "run"
-    proc = cli(*TRAIN, "--steps", "1500", "--checkpoint-every", "200", "--out", str(run))
-    stop_when_logged(proc, run, 430, sig)
-    _, err = proc.communicate(timeout=60)
-    if sig == signal.SIGTERM:  # checkpoint at the step in flight, then a clean exit
+    """A real training process, held in step 33 (tests/stoppable_cli.py) and stopped there by the
+    signal, then resumed with --resume, ends as the uninterrupted run: every checkpointed tensor
+    and every metrics record equal, bit for bit, and the same test accuracy."""
+    run, ready = tmp_path / "run", tmp_path / "held"
+    proc = held(*RESUMABLE, "--out", str(run), step=HOLD_STEP, ready=ready)
+    try:
+        reference_run, reference_summary = reference()
+        wait_until_held(proc, ready)
+        assert RunDir(run).read_metrics()[-1]["step"] == 30  # records past the last checkpoint
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if sig == signal.SIGTERM:  # the step in flight finishes, is checkpointed, and the run exits cleanly
         assert proc.returncode == 128 + signal.SIGTERM, err
-        stopped_at = checkpoint(run)["step"]
-        assert f"stopped after step {stopped_at}" in err and stopped_at >= 430
+        assert checkpoint(run)["step"] == HOLD_STEP
+        assert f"stopped after step {HOLD_STEP};" in err
     else:  # the last periodic checkpoint survives
         assert proc.returncode == -signal.SIGKILL
-        assert checkpoint(run)["step"] in (400, 600, 800, 1000, 1200, 1400)
+        assert checkpoint(run)["step"] == 20
     assert not list((run / "checkpoint").glob(".*.tmp"))
-    summary = finished(*TRAIN, "--steps", "1500", "--checkpoint-every", "200", "--out", str(run), "--resume")
-    assert_same_run(run, reference)
-    assert summary["test_accuracy"] == json.loads((reference / "summary.json").read_text())["test_accuracy"]
+    summary = in_process(*RESUMABLE, "--out", str(run), "--resume")
+    assert_same_run(run, reference_run)
+    assert summary["test_accuracy"] == reference_summary["test_accuracy"]
 
 
 def test_resume_refuses_other_settings(tmp_path, small_data):
@@ -127,7 +177,7 @@ def launch_two(*args: str) -> dict:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port), "-m", "pyro_vrm.cli", *args]
-    proc = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1, "only the main process prints the summary"
@@ -135,33 +185,55 @@ def launch_two(*args: str) -> dict:
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    flags = ["--steps", "300", "--batch-size", "128"]
     # The Bradley-Terry loss is deterministic, so data parallelism must reproduce the
-    # single-process fit up to float rounding in the gradient average.
-    launch_two(*TRAIN, *flags, "--model", "rm", "--out", str(tmp_path / "rm2"))
-    finished(*TRAIN, *flags, "--model", "rm", "--out", str(tmp_path / "rm1"))
+    # single-process fit up to float rounding in the gradient average, after any number of steps.
+    rm = ["--steps", "50", "--batch-size", "128", "--model", "rm"]
+    launch_two(*TRAIN, *rm, "--out", str(tmp_path / "rm2"))
+    in_process(*TRAIN, *rm, "--out", str(tmp_path / "rm1"))
     two, one = checkpoint(tmp_path / "rm2")["module"], checkpoint(tmp_path / "rm1")["module"]
+    assert two.keys() == one.keys()
     for name in one:
         assert torch.allclose(two[name], one[name], atol=1e-4), name
     # VRM's ELBO is a Monte Carlo estimate, and each process draws its own samples, so the two
     # fits follow different noise: they must agree in what they learned, within sampling error.
-    vrm2 = launch_two(*TRAIN, *flags, "--out", str(tmp_path / "vrm2"))
-    vrm1 = finished(*TRAIN, *flags, "--out", str(tmp_path / "vrm1"))
+    # (Measured at these settings, seeds 0-2: two processes against one differ by at most 0.006
+    # in accuracy, 0.0012 in test log loss and 0.5% in the ELBO; one process with another seed
+    # differs by up to 0.02, 0.008 and 5%. The ELBO, about -17 per pair with the aspects'
+    # likelihood, is compared relatively.)
+    vrm = ["--steps", "200", "--batch-size", "128"]
+    vrm2 = launch_two(*TRAIN, *vrm, "--out", str(tmp_path / "vrm2"))
+    vrm1 = in_process(*TRAIN, *vrm, "--out", str(tmp_path / "vrm1"))
     assert abs(vrm2["test_accuracy"] - vrm1["test_accuracy"]) < 0.03
-    assert abs(vrm2["elbo"] - vrm1["elbo"]) < 0.01
+    assert abs(vrm2["test_log_loss"] - vrm1["test_log_loss"]) < 0.005
+    assert abs(vrm2["elbo"] - vrm1["elbo"]) < 0.02 * abs(vrm1["elbo"])
     assert vrm1["test_accuracy"] > 0.65  # both learned: chance is 0.5, the oracle 0.79
     metrics = RunDir(tmp_path / "vrm2").read_metrics()
-    assert [r["step"] for r in metrics] == list(range(10, 301, 10))
+    assert [r["step"] for r in metrics] == list(range(10, 201, 10))
+
+
+def small_text_pairs(path: Path, num_prompts: int = 24) -> Path:
+    """A small preference file (layout ``pairs``, two pairs per prompt): the text path at a
+    fraction of simulated-text's cost, which the fit below does not need."""
+    topics = ["bake bread", "fix a bike", "learn chess", "plant tomatoes", "write a poem", "save money"]
+    good = ["Here are the steps, one by one, with the reasons for each.", "Start small, check each part, then go on."]
+    bad = ["No idea, look it up.", "That is too hard to explain here."]
+    with path.open("w") as f:
+        for i in range(num_prompts):
+            prompt = f"Question {i}: how do I {topics[i % len(topics)]}?"
+            for j in range(2):
+                f.write(json.dumps({"prompt": prompt, "chosen": f"{good[j]} First, {topics[(i + j) % 6]}.",
+                                    "rejected": bad[(i + j) % 2]}) + "\n")
+    return path
 
 
 def test_two_processes_train_lora_adapters_as_one_process_does(tiny_causal_lm, tmp_path):
     """The backbone runs outside DDP's forward (TextPairs.batch), yet its adapters' gradients must
     be averaged across processes like the head's: the fit matches one process's."""
-    flags = ["train", "--quiet", "--model", "rm", "--data", "simulated-text", "--backbone", str(tiny_causal_lm),
-             "--max-length", "48", "--finetune", "lora", "--lora-rank", "4", "--steps", "12", "--batch-size", "8",
-             "--width", "16", "--cache-dir", str(tmp_path / "cache")]
+    flags = ["train", "--quiet", "--model", "rm", "--data", str(small_text_pairs(tmp_path / "pairs.jsonl")),
+             "--backbone", str(tiny_causal_lm), "--max-length", "48", "--finetune", "lora", "--lora-rank", "4",
+             "--steps", "12", "--batch-size", "8", "--width", "16", "--cache-dir", str(tmp_path / "cache")]
     launch_two(*flags, "--out", str(tmp_path / "two"))
-    finished(*flags, "--out", str(tmp_path / "one"))
+    in_process(*flags, "--out", str(tmp_path / "one"))
     two, one = checkpoint(tmp_path / "two"), checkpoint(tmp_path / "one")
     assert two["adapters"].keys() == one["adapters"].keys()
     for name in one["adapters"]:
