@@ -1,5 +1,5 @@
 """Paper Fig. 3: train and eval accuracy curves of VRM for each supervision loss (kl, mse, mae,
-rank), same data, split and seed.
+rank), same data, split and seed, under the paper's objective (whose supervision term this is).
 
     python experiments/fig3_supervision_loss.py [--data simulated-text|FILE] [--steps 1000]
 """
@@ -12,7 +12,7 @@ LOSSES = ("kl", "mse", "mae", "rank")
 def main(argv=None) -> dict:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     out, data = output_dir(args, "fig3_supervision_loss"), load(args)
-    runs = {loss: [curve("vrm", data, out / f"{loss}-seed{s}", seed=s, steps=args.steps,
+    runs = {loss: [curve("vrm-paper", data, out / f"{loss}-seed{s}", seed=s, steps=args.steps,
                          log_every=args.log_every, sup_loss=loss)[0] for s in range(args.seeds)]
             for loss in LOSSES}
     plot_curves(runs, ["accuracy", "eval_accuracy", "eval_target_corr"], out / "fig3.png",

@@ -1,5 +1,5 @@
 """Paper Fig. 5: lambda in {0, 0.01, 0.1, 1}: train accuracy, eval accuracy and the KL term
-(KL_w + KL_z per pair) over training steps.
+(KL_w + KL_z per pair) over training steps, under the paper's objective.
 
     python experiments/fig5_lambda.py [--data simulated-text|FILE] [--steps 1000]
 """
@@ -14,7 +14,7 @@ def main(argv=None) -> dict:
     out, data = output_dir(args, "fig5_lambda"), load(args)
     runs = {}
     for lam in LAMBDAS:
-        runs[f"lambda={lam}"] = [curve("vrm", data, out / f"lambda{lam}-seed{s}", seed=s, steps=args.steps,
+        runs[f"lambda={lam}"] = [curve("vrm-paper", data, out / f"lambda{lam}-seed{s}", seed=s, steps=args.steps,
                                        log_every=args.log_every, lambda_sup=lam)[0] for s in range(args.seeds)]
         for records in runs[f"lambda={lam}"]:
             for r in records:

@@ -23,7 +23,8 @@ _PUBLIC = {
     # data
     "load_preferences": "data", "DataError": "data", "LoadReport": "data",
     "simulate": "simulate", "SimulationConfig": "simulate",
-    "simulate_text": "simulated_text", "TextSimulationConfig": "simulated_text",
+    "simulate_text": "simulated_text", "TextSimulationConfig": "simulated_text", "FILLER": "simulated_text",
+    "sample_responses": "simulated_text", "true_reward": "simulated_text",
     # features
     "Backbone": "backbone", "resolve_backbone": "backbone", "PreferenceFeatures": "features",
     "PairBatch": "features", "validation_split": "features", "split_by_prompt": "features",

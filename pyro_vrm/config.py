@@ -91,7 +91,7 @@ class TrainConfig:
     lr_decay: float = field(default=0.1, metadata=option("final lr / initial lr; geometric decay"))
     clip_norm: float = field(default=10.0, metadata=option("per-parameter gradient norm clip"))
     weight_decay: float = field(default=0.0, metadata=option("L2 weight decay of every parameter (Adam)"))
-    kl_weight: float = field(default=0.1, metadata=option(
+    kl_weight: float = field(default=0.01, metadata=option(
         "beta, weight of every KL term of the ELBO, local and global (1: the paper's ELBO)"))
     lambda_sup: float = field(default=0.0, metadata=option("lambda, weight of the softmax supervision of w"))
     sup_loss: str = field(default="kl", metadata=option("supervision loss", choices=SUPERVISION_LOSSES))
