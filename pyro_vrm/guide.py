@@ -15,7 +15,6 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
 
@@ -80,8 +79,12 @@ class FeatureEncoder(nn.Module):
         return loc, softplus(raw_scale) + self.min_scale
 
 
-class AmortizedGuide(PyroModule):
+class AmortizedGuide(nn.Module):
     """q(w, z^c, z^r | x, y^c, y^r) for a minibatch: the mean-field guide of section 2.
+
+    A plain ``nn.Module`` inside the :class:`pyro_vrm.vrm.VRM` root: its encoders' parameters are
+    ordinary ``nn.Parameter`` objects that no Pyro handler needs to see, which keeps them out of
+    the effect-handler stack on every step.
 
     Takes the same arguments as the model; reads ``batch.prompt_state``, ``batch.chosen_state``
     and ``batch.rejected_state`` (each (B, H)) and ``batch.index`` (B,).

@@ -79,11 +79,13 @@ class VRMObjective:
     def __call__(self, model, guide, batch: PairBatch, num_pairs: int, **kwargs) -> torch.Tensor:
         if self.kl_weight != 1:
             model, guide = KLWeight(self.kl_weight)(model), KLWeight(self.kl_weight)(guide)
-        traced_guide = poutine.trace(guide)  # lets the supervision term reuse the ELBO's guide run
-        elbo_loss = self.elbo.differentiable_loss(model, traced_guide, batch, num_pairs=num_pairs, **kwargs)
+        supervised = self.lambda_sup > 0 and batch.target is not None
+        if supervised:
+            guide = poutine.trace(guide)  # lets the supervision term reuse the ELBO's guide run
+        elbo_loss = self.elbo.differentiable_loss(model, guide, batch, num_pairs=num_pairs, **kwargs)
         sup = batch.prompt_state.new_zeros(())
-        if self.lambda_sup > 0 and batch.target is not None:
-            q_w = traced_guide.trace.nodes[SITES["weights"]]["fn"]
+        if supervised:
+            q_w = guide.trace.nodes[SITES["weights"]]["fn"]
             sup = supervision_loss(self.sup_loss, batch.target, q_w.concentration).mean()
         loss = elbo_loss / num_pairs + self.lambda_sup * sup
         self.terms = {"loss": loss.detach(), "sup": sup.detach()}

@@ -24,7 +24,7 @@ from .supervision import Standardizer, supervision_target
 from .twin import DeterministicTwin, TwinLoss
 from .vrm import VRM
 
-__all__ = ["supervision_setup", "fit_vrm", "fit_reward_model", "fit_twin", "WEIGHT_DECAY_GRID",
+__all__ = ["supervision_setup", "resolve_model_config", "fit_vrm", "fit_reward_model", "fit_twin", "WEIGHT_DECAY_GRID",
            "fit_tuned_reward_model", "validation_log_likelihood"]
 
 # Weight decays the tuned RM chooses from, on validation pairs carved from the training pairs.
@@ -39,7 +39,7 @@ def supervision_setup(train: PreferenceFeatures, config: TrainConfig):
     return standardizer, supervision_target(standardizer(train.chosen_scores), config.sup_temperature)
 
 
-def _resolved(train: PreferenceFeatures, model_config: ModelConfig) -> ModelConfig:
+def resolve_model_config(train: PreferenceFeatures, model_config: ModelConfig) -> ModelConfig:
     """``model_config`` with what the data decide filled in: K from the aspect scores, and
     whether aspects are observed (by default, when the data carry them)."""
     observe = model_config.observe_aspects
@@ -88,7 +88,7 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     """
     cfg = train_config
     seed_everything(cfg.seed)
-    model_config = _resolved(train, model_config)
+    model_config = resolve_model_config(train, model_config)
     vrm = VRM(model_config, train.hidden_size, model_config.num_objectives, priors)
     vrm.create_global_parameters()
     standardizer, targets = supervision_setup(train, cfg)
@@ -135,7 +135,7 @@ def fit_twin(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(
     noise, no KL."""
     cfg = train_config
     seed_everything(cfg.seed)
-    model_config = _resolved(train, model_config)
+    model_config = resolve_model_config(train, model_config)
     twin = DeterministicTwin(train.hidden_size, model_config.num_objectives, model_config.latent_dim,
                              model_config.width, model_config.depth, model_config.init_concentration,
                              learn_aspect_noise=model_config.observe_aspects and priors.aspect_noise is None)

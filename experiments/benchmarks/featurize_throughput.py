@@ -4,8 +4,8 @@ The naive loop is what one writes first: batches in data order, every sequence p
 max_length, the prompt encoded separately for every response. Both are charged the same useful
 tokens (those of pyro_vrm's sequences), so the ratio is a ratio of wall-clock times. The pairs
 are real HH-RLHF dialogues from ../shared/data when present (a realistic length mix), otherwise
-simulated-text. It also times the feature cache: a cold ``featurize`` (computed and stored)
-against a warm one (loaded). Prints one JSON line ending with
+simulated-text. It also times the feature cache: a cold ``pyro_vrm.text_features`` (computed and
+stored) against a warm one (loaded), each checked by its record's ``from_cache``. Prints one JSON line ending with
 ``"ratio": naive time / pyro_vrm time``.
 
 ``--shape qwen3-0.6b|qwen3-4b|tiny`` swaps MiniLM for a randomly initialised Qwen3 model of that
@@ -37,11 +37,8 @@ import datasets
 import torch
 from transformers import AutoModel, AutoTokenizer, Qwen3Config
 
-from pyro_vrm.backbone import Backbone, resolve_backbone
-from pyro_vrm.config import BackboneConfig
-from pyro_vrm.featurize import featurize
-from pyro_vrm.data import load_preferences
-from pyro_vrm.simulated_text import TextSimulationConfig, simulate_text
+from pyro_vrm import (Backbone, BackboneConfig, TextSimulationConfig, load_backbone, load_preferences,
+                      resolve_backbone, simulate_text, text_features)
 from timing import device_name, synchronizer
 
 HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-harmless-base-test-even.jsonl.gz"
@@ -118,10 +115,15 @@ def peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repea
     return 2 * size**3 / best, f"measured: best {size}^3 {str(dtype).removeprefix('torch.')} matmul of {repeats}"
 
 
-def _timed(fn) -> float:
+def timed_features(table: datasets.Dataset, backbone: Backbone, cache_dir: Path, expect_cached: bool) -> float:
+    """Seconds ``text_features`` takes on ``table`` through the cache in ``cache_dir``; raises
+    if the cache was (``expect_cached``) or was not used otherwise than expected."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    _, record = text_features(table, backbone, cache_dir)
+    seconds = time.perf_counter() - start
+    if record["from_cache"] != expect_cached:
+        raise RuntimeError(f"expected a {'warm' if expect_cached else 'cold'} cache, got {record}")
+    return seconds
 
 
 @torch.no_grad()
@@ -162,7 +164,7 @@ def main(argv=None) -> dict:
     if args.shape:
         backbone = qwen3_backbone(args.shape, args.max_length, args.batch_size, args.device)
     else:
-        backbone = Backbone.from_pretrained(args.backbone, args.max_length, args.batch_size, args.device)
+        backbone = load_backbone(BackboneConfig(args.backbone, args.max_length, args.batch_size), device=args.device)
     backbone.encode_pairs(prompts[:4], chosen[:4], rejected[:4])  # warm-up
     lengths = sequence_lengths(backbone.model)
 
@@ -177,7 +179,7 @@ def main(argv=None) -> dict:
     if not args.shape:
         table = datasets.Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
         with tempfile.TemporaryDirectory() as folder:
-            cold, warm = (_timed(lambda: featurize(table, backbone, Path(folder))) for _ in range(2))
+            cold, warm = (timed_features(table, backbone, Path(folder), cached) for cached in (False, True))
         cache = {"cache_cold_s": round(cold, 3), "cache_warm_s": round(warm, 3), "cache_speedup": round(cold / warm, 1)}
     start = time.perf_counter()
     naive(backbone, prompts, chosen, rejected, args.batch_size)
