@@ -5,7 +5,7 @@ aspect-score target on the test pairs (and, on simulated-text, the true w).
     python experiments/ablation.py [--data simulated-text|FILE] [--seeds 3]
 """
 
-from common import curve, load, mean_sd, output_dir, parser, table, write_results
+from common import curve, load, mean_sd, output_dir, parser, show, write_results
 from pyro_vrm import PRESETS, pearson, weight_means
 
 PAPER_LAMBDA = PRESETS["paper"]["lambda_sup"]
@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
         results["settings"][label] = finals
         cell = lambda k: mean_sd([f[k] for f in finals]) if finals[0].get(k) is not None else "-"  # noqa: E731
         rows.append([label, len(finals), cell("test_accuracy"), cell("target_corr"), cell("w_recovery")])
-    print(table(["setting", "seeds", "test accuracy", "corr(E[w], aspect target)", "corr(E[w], true w)"], rows))
+    show(results, ["setting", "seeds", "test accuracy", "corr(E[w], aspect target)", "corr(E[w], true w)"], rows)
     write_results(out, results)
     return results
 

@@ -47,7 +47,7 @@ import math
 import sys
 
 import torch
-from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, plt, table, write_results
+from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, plt, show, write_results
 
 from pyro_vrm import BackboneConfig, load_backbone, reward_posterior, sample_responses, true_reward, validation_split
 
@@ -183,7 +183,8 @@ def plot(results: dict, names: list[str], path) -> None:
     plt.close(fig)
 
 
-def report(results: dict, names: list[str]) -> str:
+def report(results: dict, names: list[str]) -> None:
+    """Print the table of the gold reward and filler share of the picks, and keep it in ``results``."""
     ns = results["n"]
     gold_n = [n for n in TABLE_N if n in ns]
     filler_n = KAPPA_N if KAPPA_N in ns else ns[-1]
@@ -194,7 +195,7 @@ def report(results: dict, names: list[str]) -> str:
         fill = r.get("filler_share_per_seed", [r["filler_share"]])
         rows.append([label(name, results), *(mean_sd([g[ns.index(n)] for g in per_seed]) for n in gold_n),
                      mean_sd([f[ns.index(filler_n)] for f in fill])])
-    return table(["model", *(f"gold n={n}" for n in gold_n), f"filler share n={filler_n}"], rows)
+    show(results, ["model", *(f"gold n={n}" for n in gold_n), f"filler share n={filler_n}"], rows)
 
 
 def main(argv=None) -> dict:
@@ -243,7 +244,7 @@ def main(argv=None) -> dict:
     results |= {"kappa": [k["kappa"] for k in kappas], "kappa_selection": kappas, "prompts": len(test_prompts),
                 "pool": args.max_n, "filler_rate": args.filler_rate, "seeds": args.seeds, "compared": compared}
     plot(results, compared, out / "best_of_n.png")
-    print(report(results, compared))
+    report(results, compared)
     write_results(out, results)
     return results
 

@@ -11,7 +11,6 @@ Every script runs with no arguments on the offline default (MiniLM features of s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import replace
@@ -27,6 +26,7 @@ transformers.utils.logging.disable_progress_bar()
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from records import show, table, write_results  # noqa: E402,F401  (the scripts import them from here)
 from pyro_vrm import (BackboneConfig, ModelConfig, RunDir, TrainConfig, fit_reward_model,  # noqa: E402
                       fit_tuned_reward_model, fit_twin, fit_vrm, load_text_features, pairwise_accuracy, pearson,
                       predict, preset, split_text, supervision_setup, supervision_target, weight_means)
@@ -154,13 +154,3 @@ def output_dir(args, script: str) -> Path:
     out = args.out or Path("experiments/out") / script
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def write_results(out: Path, results: dict) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ rank), same data, split and seed, under the paper's objective (whose supervision
     python experiments/fig3_supervision_loss.py [--data simulated-text|FILE] [--steps 1000]
 """
 
-from common import curve, final, load, mean_sd, output_dir, parser, plot_curves, table, write_results
+from common import curve, final, load, mean_sd, output_dir, parser, plot_curves, show, write_results
 
 LOSSES = ("kl", "mse", "mae", "rank")
 
@@ -20,9 +20,9 @@ def main(argv=None) -> dict:
     rows = [[loss, mean_sd([final(x, "accuracy") for x in r]), mean_sd([final(x, "eval_accuracy") for x in r]),
              mean_sd([final(x, "eval_target_corr") for x in r]) if "eval_target_corr" in r[0][-1] else "-"]
             for loss, r in runs.items()]
-    print(table(["supervision loss", "final minibatch train accuracy", "final test accuracy",
-                 "corr(E[w], target) on test"], rows))
     results = {"data": args.data, "runs": runs}
+    show(results, ["supervision loss", "final minibatch train accuracy", "final test accuracy",
+                 "corr(E[w], target) on test"], rows)
     write_results(out, results)
     return results
 

@@ -5,7 +5,7 @@ min-max band over seeds.
     python experiments/fig4_vrm_vs_rm.py [--data simulated-text|hh|uf|FILE] [--seeds 3] [--steps 1000] [--models ...]
 """
 
-from common import LABELS, curve, final, load, mean_sd, model_names, output_dir, parser, plot_curves, table, write_results
+from common import LABELS, curve, final, load, mean_sd, model_names, output_dir, parser, plot_curves, show, write_results
 
 
 def main(argv=None) -> dict:
@@ -17,8 +17,8 @@ def main(argv=None) -> dict:
                 f"VRM and its controls on {args.data}")
     rows = [[LABELS[name], len(r), mean_sd([final(x, "accuracy") for x in r]),
              mean_sd([final(x, "eval_accuracy") for x in r])] for name, r in runs.items()]
-    print(table(["model", "seeds", "final minibatch train accuracy", "final test accuracy"], rows))
     results = {"data": args.data, "runs": runs}
+    show(results, ["model", "seeds", "final minibatch train accuracy", "final test accuracy"], rows)
     write_results(out, results)
     return results
 

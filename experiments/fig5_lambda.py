@@ -4,7 +4,7 @@
     python experiments/fig5_lambda.py [--data simulated-text|FILE] [--steps 1000]
 """
 
-from common import curve, final, load, mean_sd, output_dir, parser, plot_curves, table, write_results
+from common import curve, final, load, mean_sd, output_dir, parser, plot_curves, show, write_results
 
 LAMBDAS = (0.0, 0.01, 0.1, 1.0)
 
@@ -22,8 +22,8 @@ def main(argv=None) -> dict:
     plot_curves(runs, ["accuracy", "eval_accuracy", "kl"], out / "fig5.png", f"lambda, {args.data}")
     rows = [[name, mean_sd([final(x, "accuracy") for x in r]), mean_sd([final(x, "eval_accuracy") for x in r]),
              f"{final(r[0], 'kl'):.2e}"] for name, r in runs.items()]
-    print(table(["lambda", "final minibatch train accuracy", "final test accuracy", "final KL per pair"], rows))
     results = {"data": args.data, "runs": runs}
+    show(results, ["lambda", "final minibatch train accuracy", "final test accuracy", "final KL per pair"], rows)
     write_results(out, results)
     return results
 

@@ -9,7 +9,7 @@ confidence tells its right test predictions from its wrong ones (error AUROC).
 
 import sys
 
-from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, table, write_results
+from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, show, write_results
 from pyro_vrm import FILLER, BackboneConfig, evaluate_predictions, hack_rate, load_backbone, predict, text_features
 
 COLUMNS = ("test_accuracy", "shifted_accuracy", "hack_rate", "test_log_loss", "error_auroc")
@@ -36,8 +36,8 @@ def main(argv=None) -> dict:
                            **hacked})
         results["models"][name] = finals
         rows.append([LABELS[name], len(finals), *(mean_sd([f[k] for f in finals]) for k in COLUMNS)])
-    print(table(["model", "seeds", "test accuracy", "shifted accuracy", "hack rate", "test log loss",
-                 "error AUROC"], rows))
+    show(results, ["model", "seeds", "test accuracy", "shifted accuracy", "hack rate", "test log loss",
+                 "error AUROC"], rows)
     write_results(out, results)
     return results
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 import torch
 
-from common import configs, load, output_dir, parser, table, write_results
+from common import configs, load, output_dir, parser, show, write_results
 from pyro_vrm import (Priors, SimulationConfig, fit_vrm, pair_posterior, pairwise_accuracy, simulate,
                       validation_split)
 
@@ -109,14 +109,14 @@ def main(argv=None) -> dict:
     chosen = one_standard_error_choice(grid, per_pair)
     header = ["objective", "beta", "sigma_a", *[f"{n} val log-lik" for n in data_sets],
               *[f"{n} val accuracy" for n in data_sets], "mean val log-lik", "paired se vs best", "chosen"]
-    print(table(header, [[
+    results = {"data": list(data_sets), "steps": args.steps, "rows": rows, "chosen": {"kl_weight": chosen["kl_weight"]}}
+    show(results, header, [[
         "aspects observed, lambda 0" if r["preset"] == "recommended" else "paper (lambda 0.1, no aspects)",
         r["kl_weight"], _sigma(r),
         *[f"{r[n]['validation_log_lik']:.4f}" for n in data_sets],
         *[f"{r[n]['validation_accuracy']:.3f}" for n in data_sets],
         f"{r['mean_validation_log_lik']:.4f}", f"{r['standard_error']:.4f}" if "standard_error" in r else "-",
-        "yes" if r is chosen else ""] for r in rows]))
-    results = {"data": list(data_sets), "steps": args.steps, "rows": rows, "chosen": {"kl_weight": chosen["kl_weight"]}}
+        "yes" if r is chosen else ""] for r in rows])
     write_results(out, results)
     return results
 

@@ -1,8 +1,8 @@
 """VRM against its controls on simulated data, over seeds, plus the variants tried.
 
 Every run uses `pyro-vrm train` with the same simulated data set (--sim-seed 0); within a seed,
-VRM and RM share the minibatch order and the optimisation budget. Prints a Markdown table and
-writes every summary to OUT/summaries.json.
+every model shares the minibatch order and the optimisation budget. Prints a Markdown table and
+writes every summary to OUT/results.json.
 
     python experiments/vrm_vs_rm_simulated.py [--seeds 0 1 2] [--out experiments/out/vrm_vs_rm]
 """
@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from pyro_vrm.cli import main as pyro_vrm
+from records import show, write_results
 
 # (label, flags) of every configuration; the first PER_SEED run for every seed.
 CONFIGS = [
@@ -51,7 +52,7 @@ def fmt(values: list[float]) -> str:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path("experiments/out/vrm_vs_rm"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/out/vrm_vs_rm_simulated"))
     parser.add_argument("--steps", type=int, default=None, help="override every run's --steps")
     args = parser.parse_args(argv)
 
@@ -62,17 +63,17 @@ def main(argv=None) -> list[dict]:
         summaries = [run([*flags, *extra, "--seed", str(s)], args.out / f"{i}-seed{s}") for s in seeds]
         rows.append({"config": label, "flags": " ".join(flags), "seeds": seeds, "summaries": summaries})
 
-    print("| configuration | seeds | test accuracy | gap to oracle | test log loss | KL per pair | w_recovery "
-          "| target_w_corr |")
-    print("|---|---|---|---|---|---|---|---|")
+    results = {"data": "simulated", "rows": rows, "oracle_accuracy": rows[0]["summaries"][0]["oracle_accuracy"]}
+    cells = []
     for row in rows:
         s = row["summaries"]
         cell = lambda key: fmt([x[key] for x in s]) if s[0].get(key) is not None else "-"  # noqa: E731
-        print(f"| {row['config']} | {len(s)} | {cell('test_accuracy')} | {cell('gap_to_oracle')} "
-              f"| {cell('test_log_loss')} | {cell('kl_per_pair')} | {cell('w_recovery')} | {cell('target_w_corr')} |")
-    print(f"\noracle accuracy on the test pairs: {rows[0]['summaries'][0]['oracle_accuracy']:.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summaries.json").write_text(json.dumps(rows, indent=2) + "\n")
+        cells.append([row["config"], len(s), *(cell(k) for k in ("test_accuracy", "gap_to_oracle", "test_log_loss",
+                                                                   "kl_per_pair", "w_recovery", "target_w_corr"))])
+    show(results, ["configuration", "seeds", "test accuracy", "gap to oracle", "test log loss", "KL per pair",
+                   "w_recovery", "target_w_corr"], cells)
+    print(f"\noracle accuracy on the test pairs: {results['oracle_accuracy']:.3f}")
+    write_results(args.out, results)
     return rows
 
 

@@ -15,8 +15,8 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 # Functions named like their modules are bound here, before the submodule can take the name.
-from .model import model  # noqa: E402
-from .simulate import simulate  # noqa: E402
+from .model import model  # noqa: E402,F401
+from .simulate import simulate  # noqa: E402,F401
 
 # name -> module it lives in, in the order of the data flow
 _PUBLIC = {

@@ -296,14 +296,15 @@ def diagnose_command(args: argparse.Namespace) -> dict:
 
 
 def ppo_command(args: argparse.Namespace) -> dict:
-    """PPO against a VRM reward; summary.json holds the reward and KL of fresh rollouts on held
-    prompts before and after, and the share of them that carry simulated-text's filler."""
+    """PPO against a reward model; summary.json holds the reward and KL of fresh rollouts on held
+    prompts before and after, the share of them that carry simulated-text's filler, and on
+    simulated-text's own prompts their gold reward (the simulator's true reward of the text)."""
     import time
 
     from .pipeline import ppo_prompts
     from .ppo import PPOTrainer
     from .runs import RunDir, new_run_dir
-    from .simulated_text import FILLER, TextSimulationConfig, simulate_text
+    from .simulated_text import FILLER, TextSimulationConfig, simulate_text, true_reward
 
     import torch
 
@@ -314,6 +315,7 @@ def ppo_command(args: argparse.Namespace) -> dict:
     text = simulate_text(TextSimulationConfig(seed=ppo_config.seed)).to_dict()
     train_prompts, held_prompts = ppo_prompts(args.prompts, text, ppo_config.seed)
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
+    true_weights = {p: torch.tensor(w) for p, w in zip(text["prompt"], text["weights"])}
     run.write_json("config.json", {"command": "ppo", "reward": str(args.reward or PPO_DEMO_REWARD),
                                    "policy": args.policy, "prompts": args.prompts, "ppo_config": asdict(ppo_config),
                                    "policy_config": asdict(from_arguments(TinyPolicyConfig, args))})
@@ -328,12 +330,15 @@ def ppo_command(args: argparse.Namespace) -> dict:
         summary.update({f"{name}_{when}": value for name, value in figures.items()})
         summary[f"filler_rate_{when}"] = sum(FILLER in c for c in rollouts.completions) / len(held)
         summary[f"completion_words_{when}"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
+        if args.prompts is None:  # simulated-text's prompts: the gold reward of what the policy wrote
+            summary[f"gold_{when}"] = sum(true_reward(p, c, true_weights[p])
+                                          for p, c in zip(rollouts.prompts, rollouts.completions)) / len(held)
         summary[f"examples_{when}"] = [{"prompt": p, "completion": c}
                                        for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
     summary["reward_se"] = summary.pop("reward_se_start")
     summary.update({"rise_in_se": (summary["reward_end"] - summary["reward_start"]) / summary["reward_se"],
                     "kl_bound": ppo_config.kl_bound, "kl_within_bound": summary["kl_end"] < ppo_config.kl_bound,
-                    "held_rollouts": len(held), "warm_start_loss": warm_start_loss,
+                    "reward_model": reward_model.kind, "held_rollouts": len(held), "warm_start_loss": warm_start_loss,
                     "seconds": round(time.time() - started, 1), "run_dir": str(run.path)})
     run.write_json("summary.json", summary)
     return summary

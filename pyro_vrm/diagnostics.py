@@ -276,13 +276,15 @@ def plot_sd_vs_accuracy(idata: az.InferenceData, margin_mean: np.ndarray, bins: 
     return fig
 
 
-def plot_elbo_trace(metrics: list[dict]) -> Figure:
-    """ELBO per pair over training steps (metrics.jsonl records), with its ceiling log p(y) =
-    log 1/2: under the model, z_c and z_r are exchangeable a priori, so P(y = 1) = 1/2."""
+def plot_elbo_trace(metrics: list[dict], observes_aspects: bool = False) -> Figure:
+    """ELBO per pair over training steps (metrics.jsonl records). Without observed aspects, with
+    its ceiling log p(y) = log 1/2: under the model, z_c and z_r are exchangeable a priori, so
+    P(y = 1) = 1/2 (with aspects observed the ELBO bounds log p(y, a), which has no such value)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot([m["step"] for m in metrics], [m["elbo"] for m in metrics], label="ELBO per pair (minibatch)")
-    ax.axhline(math.log(0.5), color="k", ls="--", label="log p(y) = log 1/2")
+    if not observes_aspects:
+        ax.axhline(math.log(0.5), color="k", ls="--", label="log p(y) = log 1/2")
     ax.set(xlabel="step", ylabel="ELBO per pair", title="training")
     ax.legend()
     return fig
@@ -357,7 +359,7 @@ def diagnose(run_dir: str | Path, num_samples: int = 200, nuts_pairs: int = 40, 
         "predictive_check": plot_predictive_check(idata),
         "reliability": plot_reliability(idata, true_prob, margin_mean),
         "sd_vs_accuracy": plot_sd_vs_accuracy(idata, margin_mean),
-        "elbo_trace": plot_elbo_trace(run.read_metrics()),
+        "elbo_trace": plot_elbo_trace(run.read_metrics(), bool(vrm.config.observe_aspects)),
         "psis_khat": plot_khat(khat),
         "nuts_vs_svi": plot_nuts_vs_svi(nuts, to_inference_data(vrm, nuts_features, num_samples, aspects=nuts_aspects)),
     }

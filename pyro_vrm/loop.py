@@ -27,7 +27,7 @@ from accelerate import Accelerator, PartialState
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.util import get_rng_state, set_rng_state
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import ConfigError, TrainConfig
 from .features import PairBatch

@@ -10,10 +10,14 @@ samples are responses of the kind a reward model was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import check_positive, option
+
+if TYPE_CHECKING:  # transformers is imported where the policy is built
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 __all__ = ["TinyPolicyConfig", "word_tokenizer", "tiny_policy", "warm_start"]
 

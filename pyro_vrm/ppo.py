@@ -353,7 +353,7 @@ class PPOTrainer:
 
     def train(self, prompts: list[str], run=None, progress: bool = True) -> list[dict]:
         """``config.steps`` PPO steps on prompts drawn with replacement; logged to ``run`` (a RunDir)."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         if not prompts:
             raise ValueError("PPO needs at least one training prompt")

@@ -17,6 +17,7 @@ from .baseline import BradleyTerryLoss, RewardHead
 from .config import ModelConfig, TrainConfig
 from .features import PreferenceFeatures, validation_split
 from .loop import Checkpointing, optimize, seed_everything
+from .metrics import pairwise_accuracy
 from .model import Priors
 from .objective import VRMLoss, VRMObjective, make_elbo, step_metrics
 from .runs import RunDir
@@ -154,10 +155,11 @@ def fit_twin(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(
 
 @torch.no_grad()
 def validation_log_likelihood(head, validation: PreferenceFeatures) -> tuple[float, float]:
-    """(mean log P(chosen wins), accuracy) of a point-estimate reward head on ``validation``."""
+    """(mean log P(chosen wins), accuracy with ties counted half) of a point-estimate reward head
+    on ``validation``."""
     r_c = head(validation.prompt_state, validation.chosen_state)
     r_r = head(validation.prompt_state, validation.rejected_state)
-    return float(torch.nn.functional.logsigmoid(r_c - r_r).mean()), float((r_c > r_r).float().mean())
+    return float(torch.nn.functional.logsigmoid(r_c - r_r).mean()), pairwise_accuracy(r_c, r_r)
 
 
 def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
@@ -165,17 +167,31 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
                            validation_fraction: float = 0.2, run: RunDir | None = None, progress: bool = True,
                            monitor: Callable[[RewardHead], dict] | None = None,
                            resume: bool = False) -> tuple[RewardHead, list[dict]]:
-    """The RM with its weight decay chosen on validation pairs: each decay in ``grid`` is fitted
-    to the training pairs less a ``validation_fraction`` of their prompts, scored by the held-out
-    log-likelihood of the preferences (accuracy breaks ties), and the best is refitted on all of
-    ``train`` with the same budget. Returns the refitted head and the selection table."""
+    """The RM with its weight decay and its number of steps (early stopping) chosen on
+    validation pairs: each decay in ``grid`` is fitted to the training pairs less a
+    ``validation_fraction`` of their prompts, scored at every logged step by the held-out
+    log-likelihood of the preferences (accuracy breaks ties), and the best (decay, step) is
+    refitted on all of ``train`` for that many steps, on the first steps of the same learning-rate
+    schedule. Returns the refitted head and the selection table (one row per decay, at its best
+    step)."""
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
     table = []
     for decay in grid:
-        head = fit_reward_model(fit_part, model_config, replace(train_config, weight_decay=decay), progress=False)
-        log_lik, accuracy = validation_log_likelihood(head, validation)
-        table.append({"weight_decay": decay, "validation_log_lik": log_lik, "validation_accuracy": accuracy})
+        scores = []
+
+        def score(head, scores=scores):
+            scores.append(validation_log_likelihood(head, validation))
+            return {}
+
+        fit_reward_model(fit_part, model_config, replace(train_config, weight_decay=decay), progress=False,
+                         monitor=score)
+        steps = [min(train_config.log_every * (i + 1), train_config.steps) for i in range(len(scores))]
+        (log_lik, accuracy), step = max(zip(scores, steps), key=lambda pair: pair[0])
+        table.append({"weight_decay": decay, "steps": step, "validation_log_lik": log_lik,
+                      "validation_accuracy": accuracy})
     best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
-    head = fit_reward_model(train, model_config, replace(train_config, weight_decay=best["weight_decay"]),
-                            run=run, progress=progress, monitor=monitor, resume=resume)
+    chosen = replace(train_config, weight_decay=best["weight_decay"], steps=best["steps"],
+                     lr_decay=train_config.lr_decay ** (best["steps"] / train_config.steps),
+                     checkpoint_every=min(train_config.checkpoint_every, best["steps"]))
+    head = fit_reward_model(train, model_config, chosen, run=run, progress=progress, monitor=monitor, resume=resume)
     return head, table

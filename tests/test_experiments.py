@@ -17,7 +17,7 @@ SCRIPTS = {
     "fig4_vrm_vs_rm": (["model", "final test accuracy"], "fig4.png"),
     "fig5_lambda": (["lambda", "final KL per pair"], "fig5.png"),
     "ablation": (["setting", "corr(E[w], aspect target)", "corr(E[w], true w)"], None),
-    "reward_hacking": (["model", "shifted accuracy", "hack rate"], None),
+    "reward_hacking": (["model", "shifted accuracy", "hack rate", "error AUROC"], None),
 }
 
 
@@ -41,7 +41,10 @@ def test_script_writes_results_plot_and_table(name, scripts, small_text, tmp_pat
     results = scripts[name].main([*TINY, "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     header = capsys.readouterr().out.splitlines()[0]
     assert all(f" {c} " in header for c in columns), header
-    assert json.loads((out / "results.json").read_text())["data"] == "simulated-text" == results["data"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["data"] == "simulated-text" == results["data"]
+    assert saved["table"]["header"] == [c.strip() for c in header.strip("|").split("|")]  # what it printed
+    assert {"command", "date", "commit", "machine"} <= set(saved["run"])
     if plot:
         assert (out / plot).stat().st_size > 1000
 
@@ -51,4 +54,5 @@ def test_simulated_sweep_prints_every_configuration(scripts, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert len(rows) == len(scripts["vrm_vs_rm_simulated"].CONFIGS)
     assert all(f"| {row['config']} |" in printed for row in rows)
-    assert (tmp_path / "summaries.json").exists()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [row[0] for row in saved["table"]["rows"]] == [row["config"] for row in rows]

@@ -180,12 +180,15 @@ def test_the_twin_fits_the_same_structure_by_maximum_likelihood(small_data, tmp_
     assert RunDir(tmp_path).checkpoint_config()["kind"] == "twin"
 
 
-def test_the_tuned_rm_refits_the_decay_that_validation_prefers(small_data):
+def test_the_tuned_rm_refits_the_decay_and_steps_that_validation_prefers(small_data):
     grid = (0.0, 1.0)
-    head, table = fit_tuned_reward_model(small_data.train, SMALL, quick(steps=80), grid=grid)
+    config = quick(steps=80)
+    head, table = fit_tuned_reward_model(small_data.train, SMALL, config, grid=grid)
     assert [row["weight_decay"] for row in table] == list(grid)
+    assert all(row["steps"] % config.log_every == 0 and 0 < row["steps"] <= 80 for row in table)
     best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
-    refit = fit_reward_model(small_data.train, SMALL, quick(steps=80, weight_decay=best["weight_decay"]))
+    refit = fit_reward_model(small_data.train, SMALL, replace(
+        config, steps=best["steps"], weight_decay=best["weight_decay"], lr_decay=config.lr_decay ** (best["steps"] / 80)))
     assert all(torch.equal(a, b) for a, b in zip(head.parameters(), refit.parameters()))
     # a decay of 1 shrinks every weight towards 0: the rewards flatten and validation sees it
     assert table[1]["validation_log_lik"] < table[0]["validation_log_lik"]

@@ -1,0 +1,59 @@
+"""What every experiment and benchmark writes: ``results.json`` with a record of the run that
+made it (the command, the date, the commit, the machine), which ``experiments/report.py`` renders.
+Light on purpose: the benchmarks import it without the experiments' plotting and data stack.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def run_record() -> dict:
+    """What a results page says of a run: the command, the date, the commit and the machine."""
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, GPU: {gpu}"
+    return {"command": " ".join(["python", *(Path(a).as_posix() for a in sys.argv[:1]), *sys.argv[1:]]),
+            "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def write_results(out: Path, results: dict, name: str = "results.json") -> None:
+    """``name`` in ``out``, with the :func:`run_record` of this run under ``"run"``."""
+    record = {"run": run_record(), **results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def show(results: dict, header: list[str], rows: list[list], key: str = "table") -> None:
+    """Print a Markdown table and keep it in ``results[key]``, so that the report shows what the
+    script printed."""
+    rows = [[str(c) for c in row] for row in rows]
+    print(table(header, rows))
+    results[key] = {"header": header, "rows": rows}

@@ -1,0 +1,212 @@
+"""Write the results into the docs from the ``results.json`` files that the experiment and
+benchmark scripts wrote, so that no figure in the docs is typed by hand.
+
+    python experiments/report.py            # collect experiments/out/*, then render every page
+    python experiments/report.py --check    # render from the collected files; fail if a page differs
+
+Collecting copies each script's ``experiments/out/<script>/results.json`` (and its plot) into
+``docs/results/`` (committed, so that a clone re-renders the pages without re-running anything).
+Rendering replaces every block of README.md and docs/*.md marked
+
+    <!-- report:KEY -->
+    ...
+    <!-- /report:KEY -->
+
+with KEY's rendering: the table the script printed, the command, date, commit and machine of the
+run, and for the comparisons, sentences computed from the figures. A page edited by hand inside
+a block is a defect that ``--check`` (and the test suite) reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- report:(?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=key) -->)", re.S)
+# script -> the plot it draws, copied beside its results
+PLOTS = {"fig3_supervision_loss": "fig3.png", "fig4_vrm_vs_rm": "fig4.png", "fig5_lambda": "fig5.png",
+         "best_of_n": "best_of_n.png"}
+BENCHMARK_SETS = ("cpu", "gpu")
+
+
+def collect(out: Path, results: Path) -> list[str]:
+    """Copy every script's results (and plot) from ``out`` into ``results``; the names copied."""
+    results.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(out.glob("*/results.json")):
+        name = path.parent.name
+        shutil.copyfile(path, results / f"{name}.json")
+        if name in PLOTS and (path.parent / PLOTS[name]).exists():
+            shutil.copyfile(path.parent / PLOTS[name], results / PLOTS[name])
+        copied.append(name)
+    for kind in BENCHMARK_SETS:
+        path = out / "benchmarks" / f"results-{kind}.json"
+        if path.exists():
+            shutil.copyfile(path, results / f"benchmarks-{kind}.json")
+            copied.append(f"benchmarks-{kind}")
+    return copied
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def provenance(record: dict) -> str:
+    run = record["run"]
+    return (f"`{run['command']}` (run {run['date']}, commit `{run['commit']}`, {run['machine']}, "
+            f"torch {run['torch']}, {run['threads']} thread{'s' * (run['threads'] != 1)})")
+
+
+def printed(record: dict, plot: str | None = None) -> str:
+    """The table the script printed, its provenance, and its plot."""
+    parts = [table(record["table"]["header"], record["table"]["rows"]), "", provenance(record)]
+    if plot:
+        parts += ["", f"![{plot}](results/{plot})"]
+    return "\n".join(parts)
+
+
+def _value(cell: str) -> float:
+    """The leading number of a printed cell such as '0.742 ± 0.004'."""
+    return float(cell.split()[0])
+
+
+def _column(record: dict, name: str) -> dict[str, float]:
+    """{row label: the leading number of column ``name``} of a printed table."""
+    index = record["table"]["header"].index(name)
+    return {row[0]: _value(row[index]) for row in record["table"]["rows"] if row[index] not in ("-", "")}
+
+
+def reward_hacking(record: dict) -> str:
+    shifted, test = _column(record, "shifted accuracy"), _column(record, "test accuracy")
+    lines = [printed(record), ""]
+    if {"VRM", "RM", "twin"} <= set(shifted):
+        lines.append(
+            f"On the shifted split, where the planted filler marks the loser, VRM's accuracy is "
+            f"{shifted['VRM'] - shifted['RM']:+.3f} from the RM's and {shifted['VRM'] - shifted['twin']:+.3f} from the "
+            f"deterministic twin's; in distribution, {test['VRM'] - test['RM']:+.3f} and {test['VRM'] - test['twin']:+.3f}. "
+            + ("The paper's claim that VRM resists the spurious feature holds against the RM here, "
+               if shifted["VRM"] > shifted["RM"] else "The paper's claim that VRM resists the spurious feature fails here, ")
+            + ("and the twin, with the same structure and no posterior, resists it as well."
+               if shifted["twin"] >= shifted["VRM"] - 0.02 else "and beyond what the twin's structure alone gives."))
+    paper = "VRM, paper's objective"
+    if paper in shifted:
+        lines.append(f"With the paper's objective VRM's shifted accuracy is {shifted[paper]:.3f}.")
+    return "\n".join(lines)
+
+
+def best_of_n(record: dict) -> str:
+    header = record["table"]["header"]
+    column = next(h for h in header if h.startswith("gold n=16")) if "gold n=16" in header else header[-2]
+    gold = _column(record, column)
+    lines = [printed(record, PLOTS["best_of_n"]), ""]
+    if {"VRM", "RM"} <= set(gold):
+        twin = f", the twin's {gold['twin']:.3f}" if "twin" in gold else ""
+        lines.append(f"At {column.replace('gold ', '')}, the mean gold reward of VRM's picks is {gold['VRM']:.3f} against the "
+                     f"RM's {gold['RM']:.3f}{twin} (the oracle's: {gold.get('oracle (gold reward)', float('nan')):.3f}).")
+    return "\n".join(lines)
+
+
+def headline(results: Path) -> str:
+    """One row per model: the figures the README leads with, each from its script's results."""
+    sources = {"reward_hacking": ("test accuracy", "shifted accuracy", "hack rate"),
+               "best_of_n": ("gold n=16",), "real_data": ("test accuracy",)}
+    columns, data = [], {}
+    for name, keys in sources.items():
+        path = results / f"{name}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        header = record["table"]["header"]
+        for key in keys:
+            if name == "real_data":
+                index = header.index(key)
+                for data_name in dict.fromkeys(row[0] for row in record["table"]["rows"]):
+                    title = f"{data_name} test accuracy"
+                    columns.append(title)
+                    for row in record["table"]["rows"]:
+                        if row[0] == data_name:
+                            data.setdefault(row[1], {})[title] = row[index]
+                continue
+            title = "best-of-16 gold reward" if key == "gold n=16" else f"simulated-text {key}"
+            columns.append(title)
+            index = header.index(key)
+            for row in record["table"]["rows"]:
+                data.setdefault(row[0], {})[title] = row[index]
+    models = [m for m in data if not m.startswith("oracle")]
+    return table(["model", *columns], [[m, *(data[m].get(c, "-") for c in columns)] for m in models])
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "reward_hacking": reward_hacking, "best_of_n": best_of_n,
+    "fig3_supervision_loss": lambda r: printed(r, PLOTS["fig3_supervision_loss"]),
+    "fig4_vrm_vs_rm": lambda r: printed(r, PLOTS["fig4_vrm_vs_rm"]),
+    "fig5_lambda": lambda r: printed(r, PLOTS["fig5_lambda"]),
+}
+
+
+def benchmarks(record: dict) -> str:
+    rows = []
+    for entry in record["entries"]:
+        result = entry["result"]
+        shown = {k: v for k, v in result.items() if k.endswith(("_ms", "_per_s", "_mfu", "_s")) or k == "ratio"}
+        rows.append([f"`{entry['command']}`", ", ".join(f"{k} {v}" for k, v in shown.items())])
+    return "\n".join([table(["command", "figures (ratio: against the baseline timed in the same run)"], rows), "",
+                      provenance(record)])
+
+
+def render(key: str, results: Path) -> str:
+    if key == "headline":
+        return headline(results)
+    path = results / f"{key}.json"
+    if not path.exists():
+        return f"(not run yet: no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})"
+    record = json.loads(path.read_text())
+    if key.startswith("benchmarks-"):
+        return benchmarks(record)
+    return RENDERERS.get(key, printed)(record)
+
+
+def render_page(text: str, results: Path) -> str:
+    return BLOCK.sub(lambda m: f"{m.group(1)}{render(m.group('key'), results)}\n{m.group(4)}", text)
+
+
+def pages(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="render without collecting; fail if a page would change")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository (pages and docs/results)")
+    parser.add_argument("--out", type=Path, default=None, help="the scripts' outputs (default ROOT/experiments/out)")
+    args = parser.parse_args(argv)
+    results = args.root / "docs" / "results"
+    if not args.check:
+        copied = collect(args.out or args.root / "experiments" / "out", results)
+        print(f"collected: {', '.join(copied) or 'nothing'}")
+    stale = []
+    for page in pages(args.root):
+        if not page.exists():
+            continue
+        text = page.read_text()
+        rendered = render_page(text, results)
+        if rendered != text:
+            stale.append(str(page.relative_to(args.root)))
+            if not args.check:
+                page.write_text(rendered)
+    if args.check and stale:
+        print(f"pages that differ from what experiments/report.py renders: {', '.join(stale)}", file=sys.stderr)
+        return 1
+    print(f"{'would change' if args.check else 'rendered'}: {', '.join(stale) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
