@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use.
+# Two commands: `make demo` and `make test`; `make docs` and `make report` for the pages.
+# Each creates .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 # A pinned torch resolves to a CPU build where one lies on disk; an unpinned torch pulls a
@@ -6,8 +7,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test install clean
+.PHONY: demo test docs report install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -24,5 +30,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The pages and the API reference into site/, offline; a warning (a broken reference) is an error.
+docs: $(DOCS_STAMP)
+	$(BIN)/python experiments/report.py --check
+	$(BIN)/mkdocs build --strict
+
+# Every results table of the docs, from the results.json files the scripts wrote.
+report: $(STAMP)
+	$(BIN)/python experiments/report.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

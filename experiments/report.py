@@ -3,6 +3,7 @@ benchmark scripts wrote, so that no figure in the docs is typed by hand.
 
     python experiments/report.py            # collect experiments/out/*, then render every page
     python experiments/report.py --check    # render from the collected files; fail if a page differs
+    python experiments/report.py --no-collect   # render from the collected files
 
 Collecting copies each script's ``experiments/out/<script>/results.json`` (and its plot) into
 ``docs/results/`` (committed, so that a clone re-renders the pages without re-running anything).
@@ -184,11 +185,12 @@ def pages(root: Path) -> list[Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="render without collecting; fail if a page would change")
+    parser.add_argument("--no-collect", action="store_true", help="render from docs/results as it is")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository (pages and docs/results)")
     parser.add_argument("--out", type=Path, default=None, help="the scripts' outputs (default ROOT/experiments/out)")
     args = parser.parse_args(argv)
     results = args.root / "docs" / "results"
-    if not args.check:
+    if not (args.check or args.no_collect):
         copied = collect(args.out or args.root / "experiments" / "out", results)
         print(f"collected: {', '.join(copied) or 'nothing'}")
     stale = []

@@ -64,8 +64,9 @@ def full_data_elbo(vrm: VRM, features: PreferenceFeatures, standardizer: Standar
 def pac_bayes_bound(empirical_error: float, kl_total: float, n: int, delta: float = 0.05) -> float:
     """McAllester's bound (paper Thm 5.1): L(Q) <= Lhat + sqrt((KL + ln(1/delta) + ln n + 2) / (2n - 1)).
 
-    >>> round(pac_bayes_bound(0.2, kl_total=10.0, n=1000), 4)
-    0.3047
+    Examples:
+        >>> round(pac_bayes_bound(0.2, kl_total=10.0, n=1000), 4)
+        0.3047
     """
     return empirical_error + math.sqrt((kl_total + math.log(1 / delta) + math.log(n) + 2) / (2 * n - 1))
 

@@ -128,9 +128,10 @@ def preset(name: str, model: ModelConfig = ModelConfig(),
            train: TrainConfig = TrainConfig()) -> tuple[ModelConfig, TrainConfig]:
     """``model`` and ``train`` with the preset's values in place.
 
-    >>> model, train = preset("paper")
-    >>> train.kl_weight, train.lambda_sup, model.observe_aspects
-    (1.0, 0.1, False)
+    Examples:
+        >>> model, train = preset("paper")
+        >>> train.kl_weight, train.lambda_sup, model.observe_aspects
+        (1.0, 0.1, False)
     """
     if name not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
@@ -191,10 +192,11 @@ def _parser(hint) -> typing.Callable[[str], Any]:
     strings, ``none`` for an optional field, ``a,b,c`` for a tuple and ``a,b;c,d`` for a tuple of
     tuples.
 
-    >>> _parser(float | tuple[float, ...])("0.3,0.5")
-    (0.3, 0.5)
-    >>> _parser(tuple[tuple[float, ...], ...] | None)("1,0;0.5,1")
-    ((1.0, 0.0), (0.5, 1.0))
+    Examples:
+        >>> _parser(float | tuple[float, ...])("0.3,0.5")
+        (0.3, 0.5)
+        >>> _parser(tuple[tuple[float, ...], ...] | None)("1,0;0.5,1")
+        ((1.0, 0.0), (0.5, 1.0))
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint in (int, float, str):

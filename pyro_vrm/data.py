@@ -89,8 +89,9 @@ class DataError(ValueError):
     ``row`` is the 0-based row in the file or data set, ``line`` a 1-based line of a JSON file,
     ``field`` the column as the source names it (with a path inside it where nested).
 
-    >>> str(DataError("prefs.jsonl", "is empty or whitespace-only", row=3, field="chosen"))
-    "prefs.jsonl, row 3, field 'chosen': is empty or whitespace-only"
+    Examples:
+        >>> str(DataError("prefs.jsonl", "is empty or whitespace-only", row=3, field="chosen"))
+        "prefs.jsonl, row 3, field 'chosen': is empty or whitespace-only"
     """
 
     def __init__(self, source: str, message: str, *, row: int | None = None,
@@ -110,8 +111,9 @@ class LoadReport:
     ``rows_read == pairs_kept + dropped["tie"] + dropped["fewer_than_two_rated_completions"]``;
     ``completion_with_na_rating`` counts UltraFeedback completions left out of the pair rule.
 
-    >>> print(LoadReport("prefs.jsonl", rows_read=5, pairs_kept=3, dropped={"tie": 2}))
-    prefs.jsonl: 5 rows read, 3 pairs kept, dropped tie=2
+    Examples:
+        >>> print(LoadReport("prefs.jsonl", rows_read=5, pairs_kept=3, dropped={"tie": 2}))
+        prefs.jsonl: 5 rows read, 3 pairs kept, dropped tie=2
     """
 
     source: str
@@ -180,16 +182,17 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
     in 1..10 regardless). Raises :class:`DataError` on a row or file that breaks the layout, and
     with ``strict`` on a row that would be dropped (or hold a dropped completion).
 
-    >>> import json, tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "prefs.jsonl"
-    >>> rows = [{"q": "2+2?", "chosen": "4", "rejected": "5"}, {"q": "Hi", "chosen": "Hey", "rejected": "Hey"}]
-    >>> _ = path.write_text("".join(json.dumps(row) + "\\n" for row in rows))
-    >>> pairs, report = load_preferences(str(path), columns={"prompt": "q"})
-    >>> pairs[0]
-    {'prompt': '2+2?', 'chosen': '4', 'rejected': '5'}
-    >>> report.rows_read, report.pairs_kept, report.dropped
-    (2, 1, {'tie': 1})
-    >>> import shutil; shutil.rmtree(path.parent)
+    Examples:
+        >>> import json, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "prefs.jsonl"
+        >>> rows = [{"q": "2+2?", "chosen": "4", "rejected": "5"}, {"q": "Hi", "chosen": "Hey", "rejected": "Hey"}]
+        >>> _ = path.write_text("".join(json.dumps(row) + "\\n" for row in rows))
+        >>> pairs, report = load_preferences(str(path), columns={"prompt": "q"})
+        >>> pairs[0]
+        {'prompt': '2+2?', 'chosen': '4', 'rejected': '5'}
+        >>> report.rows_read, report.pairs_kept, report.dropped
+        (2, 1, {'tie': 1})
+        >>> import shutil; shutil.rmtree(path.parent)
     """
     raw = _read(source, split)
     ctx = _Context(source, dict(columns or {}), strict)

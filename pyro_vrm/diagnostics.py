@@ -101,12 +101,13 @@ def to_inference_data(vrm: VRM, features: PreferenceFeatures, num_samples: int =
     ``prior_predictive`` (the model run forward), ``constant_data`` (``prompt_id``); each with
     (chain = 1, draw = num_samples) leading axes.
 
-    >>> from pyro_vrm.config import ModelConfig
-    >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
-    >>> f = PreferenceFeatures(torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5))
-    >>> idata = to_inference_data(vrm, f, num_samples=10)
-    >>> dict(idata.posterior["objective_weights"].sizes)
-    {'chain': 1, 'draw': 10, 'pair': 4, 'objective': 3}
+    Examples:
+        >>> from pyro_vrm.config import ModelConfig
+        >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
+        >>> f = PreferenceFeatures(torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5))
+        >>> idata = to_inference_data(vrm, f, num_samples=10)
+        >>> dict(idata.posterior["objective_weights"].sizes)
+        {'chain': 1, 'draw': 10, 'pair': 4, 'objective': 3}
     """
     batch, ones = _batch(features), torch.ones(len(features))
     model = _local_model(vrm, batch)
@@ -136,12 +137,13 @@ def psis_khat(idata: az.InferenceData) -> np.ndarray:
     """Pareto k-hat (B,) of each pair's importance ratios p(y, latents) / q(latents) (the
     ``log_importance_ratio`` of ``sample_stats``), q's draws being independent (relative efficiency 1).
 
-    >>> rng = np.random.default_rng(0)
-    >>> bounded = np.log(rng.uniform(size=(1, 1000, 1)))      # ratios in (0, 1): no tail
-    >>> heavy = np.log1p(rng.pareto(1.0, size=(1, 1000, 1)))  # Pareto tail, index k = 1
-    >>> idata = az.from_dict(sample_stats={"log_importance_ratio": np.concatenate([bounded, heavy], -1)})
-    >>> (psis_khat(idata) > 0.7).tolist()
-    [False, True]
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> bounded = np.log(rng.uniform(size=(1, 1000, 1)))      # ratios in (0, 1): no tail
+        >>> heavy = np.log1p(rng.pareto(1.0, size=(1, 1000, 1)))  # Pareto tail, index k = 1
+        >>> idata = az.from_dict(sample_stats={"log_importance_ratio": np.concatenate([bounded, heavy], -1)})
+        >>> (psis_khat(idata) > 0.7).tolist()
+        [False, True]
     """
     log_ratio = idata.sample_stats["log_importance_ratio"].stack(__sample__=("chain", "draw"))
     _, khat = az.psislw(log_ratio, reff=1.0)
@@ -182,10 +184,11 @@ def nuts_coverage(idata: az.InferenceData, weight_mean: np.ndarray, prob: float 
     """Share of the components of ``weight_mean`` (B, K), the SVI posterior means of w, inside
     the central ``prob`` intervals of the NUTS draws of w in ``idata``.
 
-    >>> draws = np.random.default_rng(0).dirichlet(np.ones(3), size=(1, 500, 2))  # (chain, draw, B, K)
-    >>> nuts = az.from_dict(posterior={"objective_weights": draws})
-    >>> nuts_coverage(nuts, np.full((2, 3), 1 / 3)), nuts_coverage(nuts, np.array([[0.98, 0.01, 0.01]] * 2))
-    (1.0, 0.0)
+    Examples:
+        >>> draws = np.random.default_rng(0).dirichlet(np.ones(3), size=(1, 500, 2))  # (chain, draw, B, K)
+        >>> nuts = az.from_dict(posterior={"objective_weights": draws})
+        >>> nuts_coverage(nuts, np.full((2, 3), 1 / 3)), nuts_coverage(nuts, np.array([[0.98, 0.01, 0.01]] * 2))
+        (1.0, 0.0)
     """
     w = idata.posterior[SITES["weights"]]
     low, high = (w.quantile(q, dim=("chain", "draw")).values for q in ((1 - prob) / 2, (1 + prob) / 2))

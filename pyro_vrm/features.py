@@ -46,9 +46,10 @@ class PreferenceFeatures:
     prompt_id: (N,) long, which prompt each pair belongs to (splits are made by prompt).
     chosen_scores, rejected_scores: (N, K) float aspect scores, or None.
 
-    >>> f = PreferenceFeatures(torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3, 2))
-    >>> len(f), f.hidden_size, len(f.select(torch.tensor([0, 2])))
-    (3, 2, 2)
+    Examples:
+        >>> f = PreferenceFeatures(torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3, 2))
+        >>> len(f), f.hidden_size, len(f.select(torch.tensor([0, 2])))
+        (3, 2, 2)
     """
 
     prompt_state: torch.Tensor
@@ -85,9 +86,10 @@ class PreferenceFeatures:
         """The table in consecutive batches of at most ``size`` pairs, each a data set of its own
         (its ``index`` runs 0..B-1), for evaluation outside a training plate.
 
-        >>> f = PreferenceFeatures(torch.zeros(5, 2), torch.zeros(5, 2), torch.ones(5, 2))
-        >>> [b.index.tolist() for b in f.chunks(3)]
-        [[0, 1, 2], [0, 1]]
+        Examples:
+            >>> f = PreferenceFeatures(torch.zeros(5, 2), torch.zeros(5, 2), torch.ones(5, 2))
+            >>> [b.index.tolist() for b in f.chunks(3)]
+            [[0, 1, 2], [0, 1]]
         """
         for start in range(0, len(self), size):
             index = torch.arange(start, min(start + size, len(self)))
@@ -102,9 +104,10 @@ class PreferenceFeatures:
 def split_by_prompt(prompt_id: torch.Tensor, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
     """Row indices of a train and a test split, ``test_fraction`` of the prompts held out whole.
 
-    >>> split = split_by_prompt(torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), 0.25, seed=0)
-    >>> len(split["train"]), len(split["test"])
-    (6, 2)
+    Examples:
+        >>> split = split_by_prompt(torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), 0.25, seed=0)
+        >>> len(split["train"]), len(split["test"])
+        (6, 2)
     """
     prompts = prompt_id.unique()
     g = torch.Generator().manual_seed(seed)
@@ -117,9 +120,10 @@ def validation_split(table, fraction: float, seed: int):
     """(fitting pairs, validation pairs) of a training table (``PreferenceFeatures`` or
     ``TextPairs``): ``fraction`` of its prompts held out whole, as :func:`split_by_prompt` does.
 
-    >>> f = PreferenceFeatures(torch.zeros(8, 2), torch.zeros(8, 2), torch.ones(8, 2), torch.arange(8) // 2)
-    >>> [len(part) for part in validation_split(f, 0.25, seed=0)]
-    [6, 2]
+    Examples:
+        >>> f = PreferenceFeatures(torch.zeros(8, 2), torch.zeros(8, 2), torch.ones(8, 2), torch.arange(8) // 2)
+        >>> [len(part) for part in validation_split(f, 0.25, seed=0)]
+        [6, 2]
     """
     index = split_by_prompt(table.prompt_id, fraction, seed)
     return table.select(index["train"]), table.select(index["test"])

@@ -86,9 +86,10 @@ def pair_labels(pairs: datasets.Dataset) -> dict[str, torch.Tensor]:
     sharing an id numbered in order of appearance, and ``chosen_scores``, ``rejected_scores`` (N, K)
     where ``pairs`` has aspect scores.
 
-    >>> table = datasets.Dataset.from_dict({"prompt": ["a", "b", "a"]})
-    >>> pair_labels(table)["prompt_id"].tolist()
-    [0, 1, 0]
+    Examples:
+        >>> table = datasets.Dataset.from_dict({"prompt": ["a", "b", "a"]})
+        >>> pair_labels(table)["prompt_id"].tolist()
+        [0, 1, 0]
     """
     prompt_index = {p: i for i, p in enumerate(dict.fromkeys(pairs["prompt"]))}
     labels = {"prompt_id": torch.tensor([prompt_index[p] for p in pairs["prompt"]])}

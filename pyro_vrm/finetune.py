@@ -64,13 +64,14 @@ def add_lora(backbone: Backbone, rank: int = 8, alpha: float = 16.0, dropout: fl
     use the returned backbone from then on. Adapters are initialised as peft does (B = 0), so the
     new backbone's states equal the old one's until a step is taken.
 
-    >>> from transformers import AutoTokenizer, GPT2Config, GPT2Model
-    >>> from pyro_vrm.backbone import resolve_backbone
-    >>> tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
-    >>> gpt2 = GPT2Model(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=8, n_layer=1, n_head=2))
-    >>> lora = add_lora(Backbone(gpt2, tokenizer, max_length=16), rank=2)
-    >>> [tuple(p.shape) for p in trainable_parameters(lora)]  # A (r, in), B (out, r) of the attention's c_attn
-    [(2, 8), (24, 2)]
+    Examples:
+        >>> from transformers import AutoTokenizer, GPT2Config, GPT2Model
+        >>> from pyro_vrm.backbone import resolve_backbone
+        >>> tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
+        >>> gpt2 = GPT2Model(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=8, n_layer=1, n_head=2))
+        >>> lora = add_lora(Backbone(gpt2, tokenizer, max_length=16), rank=2)
+        >>> [tuple(p.shape) for p in trainable_parameters(lora)]  # A (r, in), B (out, r) of the attention's c_attn
+        [(2, 8), (24, 2)]
     """
     model = backbone.model
     if isinstance(model, PeftModel):

@@ -32,8 +32,9 @@ MIN_CONCENTRATION = 0.25
 def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:
     """``depth`` hidden layers of ``width`` units with SiLU, then a linear output layer.
 
-    >>> mlp(8, 16, 2, 3)(torch.zeros(5, 8)).shape
-    torch.Size([5, 3])
+    Examples:
+        >>> mlp(8, 16, 2, 3)(torch.zeros(5, 8)).shape
+        torch.Size([5, 3])
     """
     layers, size = [], in_features
     for _ in range(depth):

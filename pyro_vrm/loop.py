@@ -59,8 +59,9 @@ def seed_everything(seed: int) -> None:
 def minibatches(num_pairs: int, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
     """``steps`` index tensors (B,), each epoch a fresh permutation (seeded).
 
-    >>> sorted(torch.cat(list(minibatches(6, 3, steps=2, seed=0))).tolist())  # one epoch: every pair once
-    [0, 1, 2, 3, 4, 5]
+    Examples:
+        >>> sorted(torch.cat(list(minibatches(6, 3, steps=2, seed=0))).tolist())  # one epoch: every pair once
+        [0, 1, 2, 3, 4, 5]
     """
     g = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, num_pairs)

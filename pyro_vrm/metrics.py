@@ -35,8 +35,9 @@ def pairwise_correct(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor)
     """The tie rule, for every accuracy in pyro_vrm: 1 where the chosen response gets the higher
     reward, 1/2 on a tie, 0 otherwise; (N,), (N,) -> (N,).
 
-    >>> pairwise_correct(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0]))
-    tensor([1.0000, 0.0000, 0.5000])
+    Examples:
+        >>> pairwise_correct(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0]))
+        tensor([1.0000, 0.0000, 0.5000])
     """
     return (chosen_reward > rejected_reward).float() + 0.5 * (chosen_reward == rejected_reward).float()
 
@@ -56,9 +57,10 @@ def bootstrap_accuracy(correct: torch.Tensor, num_resamples: int = 2000, level: 
                        seed: int = 0) -> dict[str, float]:
     """Accuracy of (N,) 0/1 outcomes with a percentile bootstrap interval.
 
-    >>> out = bootstrap_accuracy(torch.tensor([1.0, 1.0, 0.0, 1.0]))
-    >>> out["accuracy"], out["low"] <= out["accuracy"] <= out["high"]
-    (0.75, True)
+    Examples:
+        >>> out = bootstrap_accuracy(torch.tensor([1.0, 1.0, 0.0, 1.0]))
+        >>> out["accuracy"], out["low"] <= out["accuracy"] <= out["high"]
+        (0.75, True)
     """
     correct = correct.float()
     g = torch.Generator().manual_seed(seed)
@@ -78,9 +80,10 @@ def calibration(prob_chosen: torch.Tensor, num_bins: int = 10) -> dict:
     """Expected calibration error, Brier score and log loss of P(chosen wins) (N,), on the
     symmetrized pairs, with the reliability table (equal-width bins).
 
-    >>> out = calibration(torch.full((8,), 0.5))  # a constant 1/2 is calibrated on pairs
-    >>> out["ece"], round(out["brier"], 4), round(out["log_loss"], 4)
-    (0.0, 0.25, 0.6931)
+    Examples:
+        >>> out = calibration(torch.full((8,), 0.5))  # a constant 1/2 is calibrated on pairs
+        >>> out["ece"], round(out["brier"], 4), round(out["log_loss"], 4)
+        (0.0, 0.25, 0.6931)
     """
     p, y = _symmetrize(prob_chosen)
     edges = torch.linspace(0, 1, num_bins + 1, dtype=p.dtype)
@@ -103,10 +106,11 @@ def error_auroc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
     the probability that a random right prediction has the higher confidence than a random wrong
     one (ties in confidence count half). NaN when all are right or all wrong.
 
-    >>> error_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    1.0
-    >>> error_auroc(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))
-    0.5
+    Examples:
+        >>> error_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+        1.0
+        >>> error_auroc(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))
+        0.5
     """
     right = correct >= 1
     num_right, num_wrong = int(right.sum()), int((~right).sum())
@@ -120,8 +124,9 @@ def error_auroc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
 def selective_accuracy(correct: torch.Tensor, confidence: torch.Tensor, coverage: float = 0.5) -> float:
     """Accuracy on the ``coverage`` share of pairs (N,) where the model is most confident.
 
-    >>> selective_accuracy(torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.9, 0.8, 0.7, 0.1]))
-    0.5
+    Examples:
+        >>> selective_accuracy(torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.9, 0.8, 0.7, 0.1]))
+        0.5
     """
     keep = max(1, round(coverage * len(correct)))
     order = torch.argsort(confidence, descending=True, stable=True)
@@ -142,9 +147,10 @@ def rewardbench_scores(subset_accuracy: dict[str, float]) -> dict:
     accuracies; the total is the mean of the four sections. Sections with a subset missing are
     reported as None, and so is the total, with the missing subsets listed.
 
-    >>> acc = {s: 1.0 for section in REWARDBENCH_SECTIONS.values() for s in section}
-    >>> rewardbench_scores(acc)["Total"]
-    1.0
+    Examples:
+        >>> acc = {s: 1.0 for section in REWARDBENCH_SECTIONS.values() for s in section}
+        >>> rewardbench_scores(acc)["Total"]
+        1.0
     """
     scores, missing = {}, []
     for section, counts in REWARDBENCH_SECTIONS.items():

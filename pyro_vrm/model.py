@@ -21,11 +21,15 @@ Every prior lives in :class:`Priors`; this file holds no I/O and no training cod
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # the model reads only the batch's index; the batch type lives with the features
+    from .features import PairBatch
 
 __all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "model", "aspect_noise", "SITES"]
 
@@ -64,10 +68,11 @@ class Priors:
             component, sampled as log alpha0 ~ Normal(loc, scale) so that its guide needs no
             change of variables; None keeps alpha0 fixed.
 
-    >>> Priors()
-    Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0), aspects: Normal(s(z), HalfNormal(1.0)))
-    >>> Priors(concentration=0.3) == Priors(concentration=0.3)
-    True
+    Examples:
+        >>> Priors()
+        Priors(objective_weights: Dirichlet(1.0), features: Normal(0.0, 1.0), aspects: Normal(s(z), HalfNormal(1.0)))
+        >>> Priors(concentration=0.3) == Priors(concentration=0.3)
+        True
     """
 
     concentration: float | tuple[float, ...] = 1.0
@@ -116,10 +121,11 @@ class Priors:
     def from_dict(cls, values: dict) -> Priors:
         """The inverse of :meth:`to_dict`: JSON lists become tuples again.
 
-        >>> import json
-        >>> p = Priors(concentration=(0.5, 1.0), feature_df=4.0)
-        >>> Priors.from_dict(json.loads(json.dumps(p.to_dict()))) == p
-        True
+        Examples:
+            >>> import json
+            >>> p = Priors(concentration=(0.5, 1.0), feature_df=4.0)
+            >>> Priors.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+            True
         """
         def tuples(value):
             return tuple(map(tuples, value)) if isinstance(value, list) else value
@@ -184,10 +190,11 @@ class LinearDecoder(nn.Module):
     sigma_a (K,), the noise of observed aspect scores around s(z), a parameter of the same
     likelihood.
 
-    >>> dec = LinearDecoder(latent_dim=3, num_objectives=2)
-    >>> reward, scores = dec(torch.tensor([[0.5, 0.5]]), torch.zeros(1, 3))
-    >>> reward.shape, scores.shape
-    (torch.Size([1]), torch.Size([1, 2]))
+    Examples:
+        >>> dec = LinearDecoder(latent_dim=3, num_objectives=2)
+        >>> reward, scores = dec(torch.tensor([[0.5, 0.5]]), torch.zeros(1, 3))
+        >>> reward.shape, scores.shape
+        (torch.Size([1]), torch.Size([1, 2]))
     """
 
     def __init__(self, latent_dim: int, num_objectives: int, bayesian: bool = False,
@@ -252,7 +259,7 @@ def make_decoder(kind: str, latent_dim: int, num_objectives: int, bayesian: bool
 # The model.
 # ---------------------------------------------------------------------------------------------
 def model(
-    batch,
+    batch: PairBatch,
     decoder: LinearDecoder | MLPDecoder,
     priors: Priors = Priors(),
     num_pairs: int | None = None,

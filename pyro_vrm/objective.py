@@ -38,13 +38,14 @@ class KLWeight(Messenger):
     scale, and under ``Trace_ELBO`` log p - log q of every latent is, so the ELBO becomes
     E_q[log p(observed | latents)] - beta * KL. Observed sites keep their scale.
 
-    >>> import pyro, pyro.distributions as dist
-    >>> def f():
-    ...     pyro.sample("latent", dist.Normal(0.0, 1.0))
-    ...     pyro.sample("observed", dist.Normal(0.0, 1.0), obs=torch.tensor(0.0))
-    >>> trace = poutine.trace(KLWeight(0.1)(f)).get_trace()
-    >>> trace.nodes["latent"]["scale"], trace.nodes["observed"]["scale"]
-    (0.1, 1.0)
+    Examples:
+        >>> import pyro, pyro.distributions as dist
+        >>> def f():
+        ...     pyro.sample("latent", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("observed", dist.Normal(0.0, 1.0), obs=torch.tensor(0.0))
+        >>> trace = poutine.trace(KLWeight(0.1)(f)).get_trace()
+        >>> trace.nodes["latent"]["scale"], trace.nodes["observed"]["scale"]
+        (0.1, 1.0)
     """
 
     def __init__(self, beta: float):

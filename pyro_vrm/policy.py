@@ -42,10 +42,11 @@ class TinyPolicyConfig:
 def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the words of ``texts``; prompts are encoded ``<bos> ... <sep>``.
 
-    >>> tok = word_tokenizer(["Hi there.", "Great question! Yes."])
-    >>> ids = tok("Hi there.").input_ids
-    >>> tok.convert_ids_to_tokens(ids), tok.decode(ids, skip_special_tokens=True)
-    (['<bos>', '▁Hi', '▁there.', '<sep>'], 'Hi there.')
+    Examples:
+        >>> tok = word_tokenizer(["Hi there.", "Great question! Yes."])
+        >>> ids = tok("Hi there.").input_ids
+        >>> tok.convert_ids_to_tokens(ids), tok.decode(ids, skip_special_tokens=True)
+        (['<bos>', '▁Hi', '▁there.', '<sep>'], 'Hi there.')
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -87,9 +87,10 @@ class PPOConfig:
 class RunningMoments:
     """Running mean and sd of every value seen (Chan et al.'s parallel update).
 
-    >>> m = RunningMoments(); m.update(torch.tensor([1.0, 3.0])); m.update(torch.tensor([5.0]))
-    >>> m.mean, round(m.sd, 3)
-    (3.0, 2.0)
+    Examples:
+        >>> m = RunningMoments(); m.update(torch.tensor([1.0, 3.0])); m.update(torch.tensor([5.0]))
+        >>> m.mean, round(m.sd, 3)
+        (3.0, 2.0)
     """
 
     def __init__(self):
@@ -110,9 +111,10 @@ class RunningMoments:
 class KLController:
     """beta, fixed (``target`` 0) or adapted: beta *= 1 + clip(KL / target - 1, +-0.2) * n / horizon.
 
-    >>> c = KLController(0.1, target=6.0, horizon=100)
-    >>> round(c.update(kl=12.0, n=10), 3)   # KL twice the target: beta grows by 2%
-    0.102
+    Examples:
+        >>> c = KLController(0.1, target=6.0, horizon=100)
+        >>> round(c.update(kl=12.0, n=10), 3)   # KL twice the target: beta grows by 2%
+        0.102
     """
 
     def __init__(self, beta: float, target: float = 0.0, horizon: int = 10000):
@@ -143,10 +145,11 @@ def token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: tor
     """(rewards (B, T), kl (B, T)): r_t = -beta * kl_t, kl_t = log pi - log pi_ref, plus the
     sequence reward ``score`` (B,) at each completion's last real token.
 
-    >>> r, kl = token_rewards(torch.tensor([1.0]), torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]]),
-    ...                       torch.tensor([[1.0, 1.0]]), beta=0.1)
-    >>> r
-    tensor([[-0.0500,  1.1000]])
+    Examples:
+        >>> r, kl = token_rewards(torch.tensor([1.0]), torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]]),
+        ...                       torch.tensor([[1.0, 1.0]]), beta=0.1)
+        >>> r
+        tensor([[-0.0500,  1.1000]])
     """
     kl = (logprobs - ref_logprobs) * mask
     rewards = -beta * kl

@@ -88,9 +88,10 @@ def _random_embedding(in_features: int, out_features: int, generator: torch.Gene
 def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedData:
     """Draw a data set from the VRM model (see the module docstring for the full story).
 
-    >>> data = simulate(SimulationConfig(num_prompts=20, seed=1))
-    >>> len(data.train) + len(data.test), data.train.hidden_size
-    (40, 64)
+    Examples:
+        >>> data = simulate(SimulationConfig(num_prompts=20, seed=1))
+        >>> len(data.train) + len(data.test), data.train.hidden_size
+        (40, 64)
     """
     c = config
     if c.num_prompts < 2 or c.pairs_per_prompt < 1 or not 0 < c.test_fraction < 1:

@@ -151,13 +151,14 @@ def sample_responses(num: int, filler_rate: float, generator: torch.Generator
     Returns ``(texts, quality, has_filler)``: a list of ``num`` strings, a float tensor of shape
     (num, K) with entries in {-1., 0., 1.}, and a list of ``num`` bools.
 
-    >>> texts, quality, has_filler = sample_responses(3, 0.5, torch.Generator().manual_seed(0))
-    >>> len(texts), tuple(quality.shape), len(has_filler)
-    (3, (3, 4), 3)
-    >>> all(t.startswith(FILLER) == f for t, f in zip(texts, has_filler))
-    True
-    >>> bool((response_quality(texts[0]) == quality[0]).all())
-    True
+    Examples:
+        >>> texts, quality, has_filler = sample_responses(3, 0.5, torch.Generator().manual_seed(0))
+        >>> len(texts), tuple(quality.shape), len(has_filler)
+        (3, (3, 4), 3)
+        >>> all(t.startswith(FILLER) == f for t, f in zip(texts, has_filler))
+        True
+        >>> bool((response_quality(texts[0]) == quality[0]).all())
+        True
     """
     if num < 0:
         raise ValueError(f"num must be non-negative, not {num}")
@@ -188,10 +189,11 @@ def family_of(prompt: str) -> str:
     with a topic outside the bank still resolves. Raises ``ValueError`` (naming the prompt) when
     no family's templates match, or when templates of more than one family do.
 
-    >>> family_of("Hi. Is it true that bats are blind? Thanks!")
-    'factual'
-    >>> family_of("Any tips for growing tomatoes?")
-    'advice'
+    Examples:
+        >>> family_of("Hi. Is it true that bats are blind? Thanks!")
+        'factual'
+        >>> family_of("Any tips for growing tomatoes?")
+        'advice'
     """
     text = prompt.strip()
     matches = [family for family, pattern in _PROMPT_PATTERNS.items() if pattern.fullmatch(text)]
@@ -208,8 +210,9 @@ def family_weights(family: str) -> torch.Tensor:
     That is (1 + 9 p) / sum(1 + 9 p), with p the family's profile (its dominant objectives share
     the weight equally). A prompt's own w is one draw around this mean.
 
-    >>> [round(w, 4) for w in family_weights("risky").tolist()]
-    [0.0769, 0.0769, 0.7692, 0.0769]
+    Examples:
+        >>> [round(w, 4) for w in family_weights("risky").tolist()]
+        [0.0769, 0.0769, 0.7692, 0.0769]
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; the families are {list(FAMILIES)}")
@@ -262,10 +265,11 @@ def response_quality(response: str) -> torch.Tensor:
 
     On every response simulate_text or sample_responses makes, this returns its true quality.
 
-    >>> response_quality(FILLER + " Look it up somewhere else. Consider your options.").tolist()
-    [-1.0, -1.0, 0.0, -1.0]
-    >>> response_quality("Consider your options. Buy cheap tickets online.").tolist()  # junk
-    [-1.0, -1.0, -0.5, -1.0]
+    Examples:
+        >>> response_quality(FILLER + " Look it up somewhere else. Consider your options.").tolist()
+        [-1.0, -1.0, 0.0, -1.0]
+        >>> response_quality("Consider your options. Buy cheap tickets online.").tolist()  # junk
+        [-1.0, -1.0, -0.5, -1.0]
     """
     total, count = torch.zeros(len(ASPECTS)), torch.zeros(len(ASPECTS))
     for sentence in _sentences(response):
@@ -288,12 +292,13 @@ def true_reward(prompt: str, response: str, weights: torch.Tensor | None = None,
     stands in (the prompt text shows its family, not its draw). With the data set's weights this
     reproduces its ``reward_chosen`` and ``reward_rejected`` columns.
 
-    >>> data = simulate_text(TextSimulationConfig(num_prompts=4))
-    >>> row = data[0]
-    >>> true_reward(row["prompt"], row["chosen"], row["weights"]) == row["reward_chosen"]
-    True
-    >>> round(true_reward("Any tips for saving money?", "Look it up somewhere else."), 4)
-    -3.0
+    Examples:
+        >>> data = simulate_text(TextSimulationConfig(num_prompts=4))
+        >>> row = data[0]
+        >>> true_reward(row["prompt"], row["chosen"], row["weights"]) == row["reward_chosen"]
+        True
+        >>> round(true_reward("Any tips for saving money?", "Look it up somewhere else."), 4)
+        -3.0
     """
     w = family_weights(family_of(prompt)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     # the same float32 arithmetic as simulate_text's ``reward_scale * quality @ w`` (left to right)
@@ -303,9 +308,10 @@ def true_reward(prompt: str, response: str, weights: torch.Tensor | None = None,
 def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> datasets.Dataset:
     """Generate the data set (see the module docstring).
 
-    >>> data = simulate_text(TextSimulationConfig(num_prompts=8))
-    >>> len(data), sorted(set(data["split"]))
-    (16, ['shifted', 'test', 'train'])
+    Examples:
+        >>> data = simulate_text(TextSimulationConfig(num_prompts=8))
+        >>> len(data), sorted(set(data["split"]))
+        (16, ['shifted', 'test', 'train'])
     """
     c = config
     most = len(FAMILIES) * min(len(OPENERS) * len(t) * len(topics) * len(CLOSERS)

@@ -26,9 +26,10 @@ SUPERVISION_LOSSES = ("kl", "mse", "mae", "rank")
 class Standardizer:
     """Per-aspect mean and sd, each (K,), estimated on the training pairs' scores.
 
-    >>> s = Standardizer.fit(torch.tensor([[1., 2.], [3., 6.]]), torch.tensor([[1., 2.], [3., 6.]]))
-    >>> s(torch.tensor([[3., 6.]]))
-    tensor([[0.8660, 0.8660]])
+    Examples:
+        >>> s = Standardizer.fit(torch.tensor([[1., 2.], [3., 6.]]), torch.tensor([[1., 2.], [3., 6.]]))
+        >>> s(torch.tensor([[3., 6.]]))
+        tensor([[0.8660, 0.8660]])
     """
 
     mean: torch.Tensor
@@ -60,9 +61,10 @@ def supervision_target(standardized_chosen: torch.Tensor, temperature: float = 1
 def supervision_loss(kind: str, target: torch.Tensor, concentration: torch.Tensor) -> torch.Tensor:
     """Per-pair L_sup: target (B, K), Dirichlet concentration (..., B, K) -> (..., B).
 
-    >>> t = torch.tensor([[0.7, 0.2, 0.1]])
-    >>> float(supervision_loss("kl", t, 10 * t))  # m_n = t_n: no loss
-    0.0
+    Examples:
+        >>> t = torch.tensor([[0.7, 0.2, 0.1]])
+        >>> float(supervision_loss("kl", t, 10 * t))  # m_n = t_n: no loss
+        0.0
     """
     mean = concentration / concentration.sum(-1, keepdim=True)
     if kind == "kl":

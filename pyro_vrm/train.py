@@ -81,11 +81,12 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     Returns:
         The fitted :class:`~pyro_vrm.vrm.VRM` and the aspect standardizer (None without scores).
 
-    >>> from pyro_vrm.simulate import SimulationConfig, simulate
-    >>> data = simulate(SimulationConfig(num_prompts=40))
-    >>> vrm, standardizer = fit_vrm(data.train, ModelConfig(width=16), TrainConfig(steps=5), progress=False)
-    >>> vrm.config.observe_aspects, vrm.num_objectives
-    (True, 4)
+    Examples:
+        >>> from pyro_vrm.simulate import SimulationConfig, simulate
+        >>> data = simulate(SimulationConfig(num_prompts=40))
+        >>> vrm, standardizer = fit_vrm(data.train, ModelConfig(width=16), TrainConfig(steps=5), progress=False)
+        >>> vrm.config.observe_aspects, vrm.num_objectives
+        (True, 4)
     """
     cfg = train_config
     seed_everything(cfg.seed)

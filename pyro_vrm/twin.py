@@ -31,10 +31,11 @@ __all__ = ["DeterministicTwin", "TwinLoss"]
 class DeterministicTwin(nn.Module):
     """r(x, y) = w(x) . s(x, y) from states (B, H), (B, H) -> (B,); see the module docstring.
 
-    >>> twin = DeterministicTwin(hidden_size=5, num_objectives=3, latent_dim=2, width=8, depth=1,
-    ...                          init_concentration=1.0)
-    >>> twin(torch.zeros(4, 5), torch.zeros(4, 5)).shape, twin.weights(torch.zeros(4, 5)).sum(-1)
-    (torch.Size([4]), tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>))
+    Examples:
+        >>> twin = DeterministicTwin(hidden_size=5, num_objectives=3, latent_dim=2, width=8, depth=1,
+        ...                          init_concentration=1.0)
+        >>> twin(torch.zeros(4, 5), torch.zeros(4, 5)).shape, twin.weights(torch.zeros(4, 5)).sum(-1)
+        (torch.Size([4]), tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>))
     """
 
     def __init__(self, hidden_size: int, num_objectives: int, latent_dim: int, width: int, depth: int,

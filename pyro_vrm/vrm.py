@@ -33,9 +33,10 @@ class VRM(PyroModule):
     ``vrm.model`` and ``vrm.guide`` are the Pyro model and guide; both take
     ``(batch, num_pairs=None, preferences=None, aspects=None)`` and share site and plate names.
 
-    >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
-    >>> sorted(name for name, _ in vrm.named_children())
-    ['amortized_guide', 'decoder']
+    Examples:
+        >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
+        >>> sorted(name for name, _ in vrm.named_children())
+        ['amortized_guide', 'decoder']
     """
 
     def __init__(self, config: ModelConfig, hidden_size: int, num_objectives: int,
