@@ -174,13 +174,26 @@ def load_preferences(source: str, split: str | None = None, columns: dict[str, s
                      strict: bool = False) -> tuple[datasets.Dataset, LoadReport]:
     """Read ``source`` into validated preference pairs and a report of what was dropped.
 
-    ``source`` is a local file or, only when no such path exists and it has no data-file suffix,
-    a hub id read with ``split`` (default ``"train"``). ``columns`` maps this module's column
-    names to the source's, ``layout`` is one of :data:`LAYOUTS` (detected when None),
-    ``num_aspects`` the K every score list must have (else the first row's), ``score_range`` an
-    inclusive (low, high) bound on scores (UltraFeedback ratings must lie in 1..5 and overall scores
-    in 1..10 regardless). Raises :class:`DataError` on a row or file that breaks the layout, and
-    with ``strict`` on a row that would be dropped (or hold a dropped completion).
+    Args:
+        source: a local ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file (``.gz`` too) or,
+            only when no such path exists and it has no data-file suffix, a hub id.
+        split: the split of a hub data set (default ``"train"``).
+        columns: this module's column names mapped to the source's, e.g. ``{"prompt": "q"}``.
+        layout: one of :data:`LAYOUTS`; None detects it from the columns.
+        num_aspects: the K every score list must have (default: the first row's).
+        score_range: an inclusive (low, high) bound on scores (UltraFeedback ratings must lie in
+            1..5 and overall scores in 1..10 regardless).
+        strict: make every row that would be dropped (a tie, identical responses, an "N/A"
+            rating) an error instead.
+
+    Returns:
+        The pairs, a ``datasets.Dataset`` with columns ``prompt``, ``chosen``, ``rejected`` and,
+        where the source has them, ``scores_chosen``/``scores_rejected`` (K each) and
+        ``subset``; and a :class:`LoadReport` of the rows read, kept and dropped.
+
+    Raises:
+        DataError: a file that cannot be read, a missing column, or a row that breaks the
+            layout, naming the file, row and field.
 
     Examples:
         >>> import json, tempfile

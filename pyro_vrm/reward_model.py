@@ -35,7 +35,15 @@ class RewardModel:
     """Rewards of text from a fit of any kind: VRM's posterior mean and sd, or a point
     estimate's reward with an sd of 0.
 
-    ``kappa`` > 0 makes the callable form risk-averse: it returns mean - kappa * sd.
+    Args:
+        model: the fit (a :class:`~pyro_vrm.vrm.VRM`, a
+            :class:`~pyro_vrm.baseline.RewardHead` or a :class:`~pyro_vrm.twin.DeterministicTwin`).
+        backbone: the backbone whose hidden states the fit reads.
+        config: the fit's checkpoint config with the backbone's (``"backbone"``, ``"finetune"``).
+        kappa: risk aversion of the callable form, which returns mean - kappa * sd.
+
+    A reward model comes from a run folder (:meth:`from_run`) or a saved folder
+    (:meth:`from_pretrained`); the README's quickstart uses both.
     """
 
     def __init__(self, model: torch.nn.Module, backbone: Backbone, config: dict, kappa: float = 0.0):

@@ -26,12 +26,23 @@ __all__ = ["VRM", "build_vrm", "load_vrm"]
 
 
 class VRM(PyroModule):
-    """The fitted objects of one VRM: ``decoder`` (theta), ``amortized_guide`` (phi, the local
-    latents' q), ``global_guide`` (an ``AutoNormal`` over the global latents: a Bayesian
-    decoder's A and b, the hyperprior's log alpha0; None without them) and ``priors``.
+    """The fitted objects of one VRM: ``decoder`` (theta: A, b and, when aspects are observed
+    with a learned noise, sigma_a), ``amortized_guide`` (phi, the local latents' q),
+    ``global_guide`` (an ``AutoNormal`` over the global latents: a Bayesian decoder's A and b,
+    the hyperprior's log alpha0; None without them) and ``priors``.
 
     ``vrm.model`` and ``vrm.guide`` are the Pyro model and guide; both take
     ``(batch, num_pairs=None, preferences=None, aspects=None)`` and share site and plate names.
+    Every parameter belongs to the module: ``vrm.parameters()`` is what an optimizer steps and
+    ``vrm.state_dict()`` what a checkpoint keeps.
+
+    Args:
+        config: sizes, decoder and guide networks; ``config.observe_aspects`` must be resolved
+            (True or False) for a fit that observes aspects to get its learned sigma_a
+            (:func:`pyro_vrm.train.fit_vrm` resolves it from the data).
+        hidden_size: H, the size of the hidden states h_x and h_xy.
+        num_objectives: K, the number of objectives (and of aspect scores).
+        priors: every prior of the model.
 
     Examples:
         >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
