@@ -1,7 +1,8 @@
 """Variational Reward Modeling as a Pyro probabilistic program.
 
 What a user imports is named in ``__all__`` and reachable as ``pyro_vrm.NAME``; each name is
-loaded from its module on first use, so that ``import pyro_vrm.model`` stays light.
+loaded from its module on first use, so that ``import pyro_vrm.data`` stays light. The model
+function itself is ``pyro_vrm.model.model`` (the module of the generative story bears its name).
 
 Parameters belong to their modules: importing the package sets Pyro's
 ``module_local_params``, so two fits in one process never share a parameter through Pyro's
@@ -14,15 +15,11 @@ import pyro
 
 pyro.settings.set(module_local_params=True)
 
-# Functions named like their modules are bound here, before the submodule can take the name.
-from .model import model  # noqa: E402,F401
-from .simulate import simulate  # noqa: E402,F401
-
 # name -> module it lives in, in the order of the data flow
 _PUBLIC = {
     # data
     "load_preferences": "data", "DataError": "data", "LoadReport": "data",
-    "simulate": "simulate", "SimulationConfig": "simulate",
+    "simulate": "simulation", "SimulationConfig": "simulation",
     "simulate_text": "simulated_text", "TextSimulationConfig": "simulated_text", "FILLER": "simulated_text",
     "sample_responses": "simulated_text", "true_reward": "simulated_text",
     # features
@@ -32,7 +29,7 @@ _PUBLIC = {
     "load_text_pairs": "pipeline", "load_backbone": "pipeline", "text_features": "pipeline",
     "load_text_features": "pipeline", "split_text": "pipeline",
     # model and guide
-    "Priors": "model", "model": "model", "AmortizedGuide": "guide", "VRM": "vrm",
+    "Priors": "model", "AmortizedGuide": "guide", "VRM": "vrm",
     "RewardHead": "baseline", "DeterministicTwin": "twin",
     # fit
     "ModelConfig": "config", "TrainConfig": "config", "BackboneConfig": "config", "preset": "config",

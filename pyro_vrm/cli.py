@@ -17,7 +17,7 @@ from .config import (PRESETS, BackboneConfig, ConfigError, FinetuneConfig, Model
 from .model import Priors
 from .policy import TinyPolicyConfig
 from .ppo import PPOConfig
-from .simulate import SimulationConfig
+from .simulation import SimulationConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -121,7 +121,7 @@ def train_command(args: argparse.Namespace) -> dict | None:
     from .evaluate import summarize
     from .loop import process_state
     from .runs import RunDir, new_run_dir
-    from .simulate import simulate
+    from .simulation import simulate
     from .train import fit_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm
 
     state = process_state()
@@ -232,7 +232,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     from .metrics import plot_reliability
     from .pipeline import load_backbone, load_text_pairs, split_index, text_features
     from .runs import RunDir
-    from .simulate import simulate
+    from .simulation import simulate
 
     import torch
 

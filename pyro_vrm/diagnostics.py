@@ -36,7 +36,7 @@ from .features import PairBatch, PreferenceFeatures
 from .model import SITES
 from .posterior import reward_posterior
 from .runs import RunDir
-from .simulate import SimulationConfig, simulate
+from .simulation import SimulationConfig, simulate
 from .vrm import VRM, load_vrm
 
 

@@ -82,7 +82,7 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         The fitted :class:`~pyro_vrm.vrm.VRM` and the aspect standardizer (None without scores).
 
     Examples:
-        >>> from pyro_vrm.simulate import SimulationConfig, simulate
+        >>> from pyro_vrm.simulation import SimulationConfig, simulate
         >>> data = simulate(SimulationConfig(num_prompts=40))
         >>> vrm, standardizer = fit_vrm(data.train, ModelConfig(width=16), TrainConfig(steps=5), progress=False)
         >>> vrm.config.observe_aspects, vrm.num_objectives

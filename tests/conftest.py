@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, Qwen3Config
 
 from pyro_vrm.backbone import resolve_backbone
-from pyro_vrm.simulate import SimulationConfig, simulate
+from pyro_vrm.simulation import SimulationConfig, simulate
 
 
 @pytest.fixture(autouse=True)

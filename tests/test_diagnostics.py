@@ -12,7 +12,7 @@ from pyro_vrm.diagnostics import UnsupportedRun, diagnose, nuts_coverage, psis_k
 from pyro_vrm.guide import MIN_CONCENTRATION, _softplus_inverse
 from pyro_vrm.model import Priors
 from pyro_vrm.runs import RunDir
-from pyro_vrm.simulate import SimulationConfig, simulate
+from pyro_vrm.simulation import SimulationConfig, simulate
 from pyro_vrm.train import fit_vrm
 from pyro_vrm.vrm import VRM
 

@@ -1,7 +1,7 @@
 import torch
 
 from pyro_vrm.evaluate import pearson
-from pyro_vrm.simulate import SimulationConfig, simulate, type_concentrations
+from pyro_vrm.simulation import SimulationConfig, simulate, type_concentrations
 
 
 def test_seeded_and_split_by_prompt(small_data):
