@@ -162,9 +162,23 @@ def benchmarks(record: dict) -> str:
                       provenance(record)])
 
 
+def svi_overhead(results: Path) -> str:
+    """The training step's overhead over hand-written torch, from the CPU benchmark set."""
+    path = results / "benchmarks-cpu.json"
+    if not path.exists():
+        return "(not run yet: python experiments/benchmarks/run_all.py)"
+    record = json.loads(path.read_text())
+    rows = [[f"`{e['command']}`", e["result"]["pyro_vrm_ms"], e["result"]["torch_ms"], e["result"]["ratio"]]
+            for e in record["entries"] if e["benchmark"] == "svi_overhead"]
+    return "\n".join([table(["command", "pyro_vrm step, ms", "hand-written torch step, ms", "ratio (aim: at most 1.3)"],
+                             rows), "", provenance(record)])
+
+
 def render(key: str, results: Path) -> str:
     if key == "headline":
         return headline(results)
+    if key == "svi_overhead":
+        return svi_overhead(results)
     path = results / f"{key}.json"
     if not path.exists():
         return f"(not run yet: no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})"

@@ -4,7 +4,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_vrm.features import PairBatch
-from pyro_vrm.guide import AmortizedGuide, FeatureEncoder, WeightEncoder, mlp
+from pyro_vrm.guide import MIN_CONCENTRATION, AmortizedGuide, FeatureEncoder, WeightEncoder, mlp
 from pyro_vrm.model import SITES, Priors
 from pyro import poutine
 
@@ -61,3 +61,15 @@ def test_guide_rejects_bad_sizes_and_mlp_has_requested_depth():
         AmortizedGuide(hidden_size=0, num_objectives=4, latent_dim=3, width=8, depth=1, init_concentration=1.0,
                        init_scale=1.0)
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp(4, 8, 3, 2)) == 4
+
+
+def test_the_smallest_concentration_of_q_w_draws_no_clamped_weight():
+    # below about 0.2, float32 Gamma draws underflow the smallest normal number, where torch clamps them
+    torch.manual_seed(0)
+    draws = dist.Dirichlet(torch.full((500_000, 4), MIN_CONCENTRATION)).rsample()
+    assert draws.min() > torch.finfo(torch.float32).tiny
+    assert (dist.Dirichlet(torch.full((500_000, 4), 0.01)).rsample() <= torch.finfo(torch.float32).tiny).any()
+    encoder = WeightEncoder(7, 4, width=16, depth=1, init_concentration=1.0)
+    with torch.no_grad():
+        encoder.net[-1].bias.fill_(-50.0)  # as small as softplus allows
+    assert torch.allclose(encoder(torch.randn(3, 7)), torch.full((3, 4), MIN_CONCENTRATION), atol=1e-6)
