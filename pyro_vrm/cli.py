@@ -296,93 +296,22 @@ def diagnose_command(args: argparse.Namespace) -> dict:
 
 
 def ppo_command(args: argparse.Namespace) -> dict:
-    """PPO against a reward model; summary.json holds the reward and KL of fresh rollouts on held
-    prompts before and after, the share of them that carry simulated-text's filler, and on
-    simulated-text's own prompts their gold reward (the simulator's true reward of the text)."""
-    import time
-
-    from .pipeline import ppo_prompts
-    from .ppo import PPOTrainer
+    """PPO against a reward model (:func:`pyro_vrm.ppo_run.run_ppo`); without ``--reward``, the
+    demonstration's own VRM, fitted on simulated-text once and reused."""
+    from .ppo_run import load_reward, run_ppo
     from .runs import RunDir, new_run_dir
-    from .simulated_text import FILLER, TextSimulationConfig, simulate_text, true_reward
 
-    import torch
-
-    started, ppo_config = time.time(), from_arguments(PPOConfig, args)
-    if args.policy is None:  # tiny matrices: a second thread costs more in synchronisation than it gains
-        torch.set_num_threads(1)
-    reward_model = _ppo_reward(args.reward)
-    text = simulate_text(TextSimulationConfig(seed=ppo_config.seed)).to_dict()
-    train_prompts, held_prompts = ppo_prompts(args.prompts, text, ppo_config.seed)
-    run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
-    true_weights = {p: torch.tensor(w) for p, w in zip(text["prompt"], text["weights"])}
-    run.write_json("config.json", {"command": "ppo", "reward": str(args.reward or PPO_DEMO_REWARD),
-                                   "policy": args.policy, "prompts": args.prompts, "ppo_config": asdict(ppo_config),
-                                   "policy_config": asdict(from_arguments(TinyPolicyConfig, args))})
-    policy, tokenizer, warm_start_loss = _ppo_policy(args, text, train_prompts + held_prompts, ppo_config.seed)
-    trainer = PPOTrainer(policy, tokenizer, reward_model.score, ppo_config)
-    held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
-    summary = {}
-    for when in ("start", "end"):
-        if when == "end":
-            trainer.train(train_prompts, run=run, progress=not args.quiet)
-        rollouts, figures = trainer.evaluate(held)
-        summary.update({f"{name}_{when}": value for name, value in figures.items()})
-        summary[f"filler_rate_{when}"] = sum(FILLER in c for c in rollouts.completions) / len(held)
-        summary[f"completion_words_{when}"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
-        if args.prompts is None:  # simulated-text's prompts: the gold reward of what the policy wrote
-            summary[f"gold_{when}"] = sum(true_reward(p, c, true_weights[p])
-                                          for p, c in zip(rollouts.prompts, rollouts.completions)) / len(held)
-        summary[f"examples_{when}"] = [{"prompt": p, "completion": c}
-                                       for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
-    summary["reward_se"] = summary.pop("reward_se_start")
-    summary.update({"rise_in_se": (summary["reward_end"] - summary["reward_start"]) / summary["reward_se"],
-                    "kl_bound": ppo_config.kl_bound, "kl_within_bound": summary["kl_end"] < ppo_config.kl_bound,
-                    "reward_model": reward_model.kind, "held_rollouts": len(held), "warm_start_loss": warm_start_loss,
-                    "seconds": round(time.time() - started, 1), "run_dir": str(run.path)})
-    run.write_json("summary.json", summary)
-    return summary
-
-
-def _ppo_reward(path: Path | None):
-    """The reward: a save_pretrained folder, a train run folder of any model kind, or the
-    demonstration's own VRM fit (the recommended preset on simulated-text)."""
-    from .reward_model import RewardModel
-
+    path = args.reward
     if path is None:
         path = PPO_DEMO_REWARD
         summary = path / "summary.json"
         if not summary.exists() or json.loads(summary.read_text()).get("preset") != "recommended":
             train_command(build_parser().parse_args(["train", "--data", "simulated-text", "--out", str(path),
                                                      "--quiet"]))  # fit once; later runs reuse it
-    if (path / "model.safetensors").exists():
-        return RewardModel.from_pretrained(path)
-    if (path / "checkpoint" / "config.json").exists():
-        return RewardModel.from_run(path)
-    raise ConfigError(f"--reward {path}: neither a save_pretrained folder (model.safetensors) nor a "
-                      "pyro-vrm train run folder (checkpoint/)")
-
-
-def _ppo_policy(args: argparse.Namespace, text: dict, prompts: list[str], seed: int):
-    """(policy, tokenizer, warm-start loss (first, last) or None): a named causal LM, or the tiny
-    offline policy warm-started on simulated-text's training responses."""
-    from .policy import tiny_policy, warm_start
-
-    if args.policy is not None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.policy)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return AutoModelForCausalLM.from_pretrained(args.policy), tokenizer, None
-    policy_config = from_arguments(TinyPolicyConfig, args)
-    train = [i for i, s in enumerate(text["split"]) if s == "train"]
-    policy, tokenizer = tiny_policy(text["prompt"] + text["chosen"] + text["rejected"] + prompts, policy_config,
-                                    seed=seed)
-    losses = warm_start(policy, tokenizer, [text["prompt"][i] for i in train] * 2,
-                        [text["chosen"][i] for i in train] + [text["rejected"][i] for i in train],
-                        policy_config, seed=seed)
-    return policy, tokenizer, [losses[0], losses[-1]]
+    run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
+    return run_ppo(load_reward(path), run, from_arguments(PPOConfig, args), from_arguments(TinyPolicyConfig, args),
+                   args.policy, args.prompts, progress=not args.quiet,
+                   config={"command": "ppo", "reward": str(path)})
 
 
 def featurize_command(args: argparse.Namespace) -> dict:
