@@ -84,22 +84,27 @@ def _column(record: dict, name: str) -> dict[str, float]:
     return {row[0]: _value(row[index]) for row in record["table"]["rows"] if row[index] not in ("-", "")}
 
 
-def reward_hacking(record: dict) -> str:
+def hacking_sentence(record: dict) -> str:
+    """What the reward-hacking table says about the paper's claim, computed from its figures."""
     shifted, test = _column(record, "shifted accuracy"), _column(record, "test accuracy")
-    lines = [printed(record), ""]
-    if {"VRM", "RM", "twin"} <= set(shifted):
-        lines.append(
-            f"On the shifted split, where the planted filler marks the loser, VRM's accuracy is "
-            f"{shifted['VRM'] - shifted['RM']:+.3f} from the RM's and {shifted['VRM'] - shifted['twin']:+.3f} from the "
-            f"deterministic twin's; in distribution, {test['VRM'] - test['RM']:+.3f} and {test['VRM'] - test['twin']:+.3f}. "
-            + ("The paper's claim that VRM resists the spurious feature holds against the RM here, "
-               if shifted["VRM"] > shifted["RM"] else "The paper's claim that VRM resists the spurious feature fails here, ")
-            + ("and the twin, with the same structure and no posterior, resists it as well."
-               if shifted["twin"] >= shifted["VRM"] - 0.02 else "and beyond what the twin's structure alone gives."))
+    if not {"VRM", "RM", "twin"} <= set(shifted):
+        return ""
+    sentence = (
+        f"On the shifted split, where the planted filler marks the loser, VRM's accuracy is "
+        f"{shifted['VRM'] - shifted['RM']:+.3f} from the RM's and {shifted['VRM'] - shifted['twin']:+.3f} from the "
+        f"deterministic twin's; in distribution, {test['VRM'] - test['RM']:+.3f} and {test['VRM'] - test['twin']:+.3f}. "
+        + ("The paper's claim that VRM resists the spurious feature holds against the RM here, "
+           if shifted["VRM"] > shifted["RM"] else "The paper's claim that VRM resists the spurious feature fails here, ")
+        + ("and the twin, with the same structure and no posterior, resists it as well."
+           if shifted["twin"] >= shifted["VRM"] - 0.02 else "and beyond what the twin's structure alone gives."))
     paper = "VRM, paper's objective"
     if paper in shifted:
-        lines.append(f"With the paper's objective VRM's shifted accuracy is {shifted[paper]:.3f}.")
-    return "\n".join(lines)
+        sentence += f" Under the paper's objective VRM's shifted accuracy is {shifted[paper]:.3f}."
+    return sentence
+
+
+def reward_hacking(record: dict) -> str:
+    return "\n".join([printed(record), "", hacking_sentence(record)])
 
 
 def best_of_n(record: dict) -> str:
@@ -114,34 +119,41 @@ def best_of_n(record: dict) -> str:
     return "\n".join(lines)
 
 
+DATA_NAMES = {"uf": "UltraFeedback sample", "hh": "HH-RLHF sample"}
+
+
 def headline(results: Path) -> str:
-    """One row per model: the figures the README leads with, each from its script's results."""
-    sources = {"reward_hacking": ("test accuracy", "shifted accuracy", "hack rate"),
-               "best_of_n": ("gold n=16",), "real_data": ("test accuracy",)}
-    columns, data = [], {}
-    for name, keys in sources.items():
-        path = results / f"{name}.json"
-        if not path.exists():
-            continue
-        record = json.loads(path.read_text())
-        header = record["table"]["header"]
-        for key in keys:
-            if name == "real_data":
-                index = header.index(key)
-                for data_name in dict.fromkeys(row[0] for row in record["table"]["rows"]):
-                    title = f"{data_name} test accuracy"
-                    columns.append(title)
-                    for row in record["table"]["rows"]:
-                        if row[0] == data_name:
-                            data.setdefault(row[1], {})[title] = row[index]
-                continue
-            title = "best-of-16 gold reward" if key == "gold n=16" else f"simulated-text {key}"
+    """One row per model compared in the reward-hacking test bed: the figures the README leads
+    with, each from its script's results, and what they say of the paper's claim."""
+    rows: dict[str, dict[str, str]] = {}
+    columns: list[str] = []
+
+    def add(title: str, model: str, value: str) -> None:
+        if title not in columns:
             columns.append(title)
-            index = header.index(key)
-            for row in record["table"]["rows"]:
-                data.setdefault(row[0], {})[title] = row[index]
-    models = [m for m in data if not m.startswith("oracle")]
-    return table(["model", *columns], [[m, *(data[m].get(c, "-") for c in columns)] for m in models])
+        rows.setdefault(model, {})[title] = value
+
+    records = {name: json.loads((results / f"{name}.json").read_text())
+               for name in ("reward_hacking", "best_of_n", "real_data") if (results / f"{name}.json").exists()}
+    for name, record in records.items():
+        header, body = record["table"]["header"], record["table"]["rows"]
+        if name == "reward_hacking":
+            for key in ("test accuracy", "shifted accuracy", "hack rate"):
+                for row in body:
+                    add(f"simulated-text {key}", row[0], row[header.index(key)])
+        elif name == "best_of_n" and "gold n=16" in header:
+            for row in body:
+                add("best-of-16 gold reward", row[0], row[header.index("gold n=16")])
+        elif name == "real_data":
+            for row in body:
+                add(f"{DATA_NAMES.get(row[0], row[0])} test accuracy", row[1], row[header.index("test accuracy")])
+    models = list(rows if "reward_hacking" not in records else (r[0] for r in records["reward_hacking"]["table"]["rows"]))
+    lines = [table(["model", *columns], [[m, *(rows[m].get(c, "-") for c in columns)] for m in models]), "",
+             "From " + "; ".join(f"`{r['run']['command']}` (run {r['run']['date']}, commit `{r['run']['commit']}`)"
+                                 for r in records.values()) + "."]
+    if "reward_hacking" in records:
+        lines += ["", hacking_sentence(records["reward_hacking"])]
+    return "\n".join(lines)
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
