@@ -207,8 +207,9 @@ def test_a_folder_that_is_no_reward_model_is_named(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def reward_run(tmp_path_factory):
     """A VRM fitted briefly on a small simulated-text sample through MiniLM, under the paper's
-    objective: its reward leans on the planted filler, which a 40-step PPO run finds reliably,
-    so the test is of PPO's machinery; the recommended VRM is harder to move in 40 steps."""
+    objective: its reward leans on the planted filler, which a 30-step PPO run finds reliably,
+    so that the test is of PPO's machinery (against the recommended VRM fitted on so little, a
+    short run's rise is within the noise of its rollouts)."""
     root = tmp_path_factory.mktemp("ppo_reward")
     original = simulated_text.TextSimulationConfig
     simulated_text.TextSimulationConfig = lambda seed=0: original(num_prompts=120, seed=seed)
@@ -223,13 +224,13 @@ def reward_run(tmp_path_factory):
 
 def test_offline_demonstration_raises_the_reward_within_the_kl_bound(reward_run, tmp_path):
     out = tmp_path / "ppo"
-    assert main(["ppo", "--reward", str(reward_run), "--out", str(out), "--steps", "40", "--eval-rollouts", "128",
+    assert main(["ppo", "--reward", str(reward_run), "--out", str(out), "--steps", "30", "--eval-rollouts", "128",
                  "--warm-start-steps", "150", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reward_end"] - summary["reward_start"] > 3 * summary["reward_se"]
     assert summary["kl_start"] == 0.0 and summary["kl_end"] < PPOConfig().kl_bound
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 41))
+    assert [r["step"] for r in records] == list(range(1, 31))
     for key in ("reward", "reward_sd", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "beta"):
         assert all(math.isfinite(r[key]) for r in records), key
-    assert json.loads((out / "config.json").read_text())["ppo_config"]["steps"] == 40
+    assert json.loads((out / "config.json").read_text())["ppo_config"]["steps"] == 30
