@@ -137,8 +137,9 @@ def plot_curves(groups: dict[str, list[list[dict]]], keys: list[str], path: Path
         for label, runs in groups.items():
             if key not in runs[0][0]:
                 continue
-            steps = [r["step"] for r in runs[0]]
-            values = torch.tensor([[r[key] for r in run] for run in runs])
+            common = min(len(run) for run in runs)  # early stopping (rm-tuned) ends seeds at other steps
+            steps = [r["step"] for r in runs[0][:common]]
+            values = torch.tensor([[r[key] for r in run[:common]] for run in runs])
             ax.plot(steps, values.mean(0), label=label)
             if len(runs) > 1:
                 ax.fill_between(steps, values.min(0).values, values.max(0).values, alpha=0.2)

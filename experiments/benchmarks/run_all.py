@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from records import write_results  # noqa: E402
@@ -65,6 +67,8 @@ def main(argv=None) -> dict:
             ["python", f"experiments/benchmarks/{name}.py", *flags])
         entries.append({"benchmark": name, "command": shown, "result": result})
         print(json.dumps(entries[-1]), flush=True)
+    if args.set == "cpu":
+        torch.set_num_threads(1)  # the run's record names the threads the benchmarks ran with
     results = {"set": args.set, "entries": entries}
     write_results(args.out, results, name=f"results-{args.set}.json")
     return results
