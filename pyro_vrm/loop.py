@@ -198,6 +198,10 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
                 where = f"; checkpoint in {ckpt.run.checkpoint_dir}, continue with --resume" if ckpt else ""
                 raise TrainingInterrupted(f"SIGTERM received: stopped after step {step}{where}")
     bar.close()
+    # Free the DistributedDataParallel wrapper now: left to the interpreter's exit, it is
+    # destroyed after the process group, and gloo's threads abort the process.
+    del module
+    accelerator.free_memory()
 
 
 def _loss(module: nn.Module, batch: PairBatch, num_pairs: int) -> torch.Tensor:
