@@ -1,6 +1,6 @@
 r"""Inference with a fitted VRM (DESIGN.md section 4): posterior rewards and predictive, the KL
 terms of the objective, and the expected log-likelihood. Training, evaluation and the reward
-model all read these; bounds and evaluation live in :mod:`pyro_vrm.evaluate`.
+model all read these; bounds live in :mod:`pyro_vrm.bounds` and evaluation in :mod:`pyro_vrm.evaluate`.
 
 For the linear decoder with point-estimated A, b the posterior mean and sd of a reward are
 exact, since q factorizes:
