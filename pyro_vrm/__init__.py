@@ -43,6 +43,7 @@ _PUBLIC = {
     "pearson": "evaluate", "weight_means": "evaluate", "pairwise_accuracy": "metrics",
     "supervision_target": "supervision", "full_data_elbo": "bounds", "pac_bayes_bound": "bounds",
     # reward
+    "Ensemble": "ensemble", "reward_mean_sd": "ensemble", "ood_aurocs": "ood",
     "RewardModel": "reward_model", "VRMRewardModel": "reward_model", "PPOConfig": "ppo", "PPOTrainer": "ppo",
 }
 

@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ppo = commands.add_parser("ppo", help="PPO of a causal LM policy against a VRM's posterior-mean reward "
                               "(no arguments: the offline demonstration on simulated-text)")
-    ppo.add_argument("--reward", type=Path, default=None,
-                     help="a pyro-vrm train run folder on text data or a save_pretrained folder (default: "
+    ppo.add_argument("--reward", type=Path, nargs="+", default=None,
+                     help="a pyro-vrm train run folder on text data or a save_pretrained folder; several run "
+                          "folders make an ensemble of their fits (default: "
                           f"{PPO_DEMO_REWARD}, fitted on simulated-text first if it holds no finished run)")
     ppo.add_argument("--policy", default=None, help="a transformers causal LM id or folder (default: a tiny "
                      "word-level Llama built in code and warm-started on simulated-text responses)")
@@ -311,7 +312,7 @@ def ppo_command(args: argparse.Namespace) -> dict:
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))
     return run_ppo(load_reward(path), run, from_arguments(PPOConfig, args), from_arguments(TinyPolicyConfig, args),
                    args.policy, args.prompts, progress=not args.quiet,
-                   config={"command": "ppo", "reward": str(path)})
+                   config={"command": "ppo", "reward": [str(p) for p in path] if isinstance(path, list) else str(path)})
 
 
 def featurize_command(args: argparse.Namespace) -> dict:

@@ -2,8 +2,10 @@
 
 Three kinds are fitted (``kind`` in the checkpoint's config.json): ``vrm``
 (:class:`pyro_vrm.vrm.VRM`), ``rm`` (the Bradley-Terry :class:`pyro_vrm.baseline.RewardHead`,
-tuned or not) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`). Evaluation and the reward
-model read fits through here, without the training code.
+tuned or not) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`); a saved reward model can
+also hold an ``ensemble`` of fits (:class:`pyro_vrm.ensemble.Ensemble`, its members' configs
+under ``members``). Evaluation and the reward model read fits through here, without the training
+code.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 
 from .baseline import RewardHead
 from .config import ModelConfig
+from .ensemble import Ensemble
 from .model import Priors
 from .runs import RunDir
 from .supervision import Standardizer
@@ -37,6 +40,8 @@ def build_fit(config: dict) -> nn.Module:
     """A model of the checkpoint config's kind with fresh parameters (every one created), into
     which the saved state dict loads."""
     kind = config.get("kind", "vrm")
+    if kind == "ensemble":
+        return Ensemble([build_fit(member) for member in config["members"]])
     if kind == "vrm":
         return build_vrm(config)
     model = ModelConfig(**config["model"])
@@ -46,7 +51,7 @@ def build_fit(config: dict) -> nn.Module:
         learn = bool(model.observe_aspects) and Priors.from_dict(config["priors"]).aspect_noise is None
         return DeterministicTwin(config["hidden_size"], config["num_objectives"], model.latent_dim, model.width,
                                  model.depth, model.init_concentration, learn_aspect_noise=learn)
-    raise ValueError(f"unknown kind of fit {kind!r}: expected one of {', '.join(KINDS)}")
+    raise ValueError(f"unknown kind of fit {kind!r}: expected one of {', '.join(KINDS)} or ensemble")
 
 
 def load_fit(run: RunDir) -> Fit:

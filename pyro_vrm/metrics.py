@@ -14,7 +14,7 @@ import torch
 from scipy.stats import rankdata
 
 __all__ = ["REWARDBENCH_SECTIONS", "pairwise_correct", "pairwise_accuracy", "oracle_accuracy", "bootstrap_accuracy",
-           "calibration", "error_auroc", "selective_accuracy", "accuracy_by_subset", "rewardbench_scores",
+           "calibration", "auroc", "error_auroc", "selective_accuracy", "accuracy_by_subset", "rewardbench_scores",
            "plot_reliability"]
 
 # RewardBench's section -> {subset: number of prompts}; math-prm is counted as 984 so that math
@@ -100,6 +100,22 @@ def calibration(prob_chosen: torch.Tensor, num_bins: int = 10) -> dict:
             "log_loss": -(y * p.log() + (1 - y) * (1 - p).log()).mean().item(), "bins": bins}
 
 
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """The probability that a random ``positive`` score exceeds a random ``negative`` one, ties
+    counting half: the area under the ROC curve of telling the two apart by the score (the
+    Mann-Whitney U over both sizes). NaN when either is empty.
+
+    Examples:
+        >>> auroc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 2.0]))
+        0.875
+    """
+    num_pos, num_neg = len(positive), len(negative)
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    ranks = rankdata(torch.cat([positive, negative]).double().numpy())  # ties get their average rank
+    return (float(ranks[:num_pos].sum()) - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg)
+
+
 def error_auroc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
     """How well ``confidence`` (N,) tells right predictions from wrong ones (``correct`` (N,),
     1 right, 0 wrong, 1/2 a tie, which counts as not right): the area under the ROC curve, i.e.
@@ -113,12 +129,7 @@ def error_auroc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
         0.5
     """
     right = correct >= 1
-    num_right, num_wrong = int(right.sum()), int((~right).sum())
-    if num_right == 0 or num_wrong == 0:
-        return float("nan")
-    ranks = torch.from_numpy(rankdata(confidence.double().numpy()))  # ties get their average rank
-    u = ranks[right].sum().item() - num_right * (num_right + 1) / 2
-    return u / (num_right * num_wrong)
+    return auroc(confidence[right], confidence[~right])
 
 
 def selective_accuracy(correct: torch.Tensor, confidence: torch.Tensor, coverage: float = 0.5) -> float:

@@ -67,13 +67,15 @@ class PPOConfig:
     lora_rank: int = field(default=8, metadata=option("rank of the LoRA adapters"))
     lora_alpha: float = field(default=16.0, metadata=option("scale numerator of the LoRA adapters"))
     eval_rollouts: int = field(default=256, metadata=option("fresh rollouts on held prompts at start and end"))
+    eval_every: int = field(default=0, metadata=option(
+        "every this many steps, also measure eval_rollouts fresh rollouts on held prompts (0: only at start and end)"))
     seed: int = field(default=0, metadata=option("seed of sampling and initialisation"))
 
     def __post_init__(self):
         check_positive(self, "steps", "rollouts_per_step", "minibatch_size", "ppo_epochs", "lr", "max_new_tokens",
                   "temperature", "kl_horizon", "kl_bound", "clip_range", "clip_range_value",
                   "max_grad_norm", "lora_rank", "lora_alpha", "eval_rollouts")
-        for name in ("kappa", "beta", "target_kl", "vf_coef"):
+        for name in ("kappa", "beta", "target_kl", "vf_coef", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("gamma", "lam"):
@@ -354,8 +356,9 @@ class PPOTrainer:
                 **{name: sum(v) / len(v) for name, v in stats.items()}, "beta": beta,
                 "completion_tokens": float(mask.sum(1).mean())}
 
-    def train(self, prompts: list[str], run=None, progress: bool = True) -> list[dict]:
-        """``config.steps`` PPO steps on prompts drawn with replacement; logged to ``run`` (a RunDir)."""
+    def train(self, prompts: list[str], run=None, progress: bool = True, after_step=None) -> list[dict]:
+        """``config.steps`` PPO steps on prompts drawn with replacement; logged to ``run`` (a RunDir).
+        ``after_step(step)``, if given, runs after each step; a dict it returns joins the step's record."""
         from tqdm import tqdm
 
         if not prompts:
@@ -370,6 +373,8 @@ class PPOTrainer:
             record = {"step": step, **self.step([prompts[i] for i in batch])}
             if not all(math.isfinite(v) for v in record.values()):
                 raise FloatingPointError(f"PPO step {step} produced a non-finite metric: {record}")
+            if after_step is not None:
+                record.update(after_step(step) or {})
             history.append(record)
             if run is not None:
                 run.log_metrics(record)

@@ -21,12 +21,23 @@ from .reward_model import RewardModel
 from .runs import RunDir
 from .simulated_text import FILLER, TextSimulationConfig, simulate_text, true_reward
 
-__all__ = ["load_reward", "make_policy", "run_ppo"]
+__all__ = ["load_reward", "make_policy", "measure", "run_ppo"]
+
+# what a measurement on held prompts records at every point of the curve (``--eval-every``)
+CURVE = ("reward", "objective", "reward_sd", "kl", "gold", "filler_rate", "completion_words")
 
 
-def load_reward(path: Path) -> RewardModel:
+def load_reward(path: Path | list[Path]) -> RewardModel:
     """The reward model in ``path``: a ``save_pretrained`` folder or a ``pyro-vrm train`` run
-    folder of any model kind."""
+    folder of any model kind; several run folders make an ensemble of their fits."""
+    if isinstance(path, list):
+        if len(path) > 1:
+            missing = [str(p) for p in path if not (p / "checkpoint" / "config.json").exists()]
+            if missing:
+                raise ConfigError(f"--reward: an ensemble is made of pyro-vrm train run folders; "
+                                  f"{', '.join(missing)} holds no checkpoint/")
+            return RewardModel.from_runs(path)
+        path = path[0]
     if (path / "model.safetensors").exists():
         return RewardModel.from_pretrained(path)
     if (path / "checkpoint" / "config.json").exists():
@@ -53,13 +64,33 @@ def make_policy(policy: str | None, text: dict, prompts: list[str], config: Tiny
     return model, tokenizer, [losses[0], losses[-1]]
 
 
+def measure(trainer: PPOTrainer, held: list[str], true_weights: dict | None) -> dict:
+    """Fresh rollouts on ``held`` prompts, one each: the reward model's mean reward (the proxy),
+    its standard error, mean sd and mean - kappa * sd, the KL to the reference, the share with
+    the planted filler, the mean length in words, three examples and, given the prompts' true
+    objective weights, the gold reward (the simulator's true reward of the text)."""
+    rollouts, figures = trainer.evaluate(held)
+    figures["filler_rate"] = sum(FILLER in c for c in rollouts.completions) / len(held)
+    figures["completion_words"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
+    if true_weights is not None:
+        figures["gold"] = sum(true_reward(p, c, true_weights[p])
+                              for p, c in zip(rollouts.prompts, rollouts.completions)) / len(held)
+    figures["examples"] = [{"prompt": p, "completion": c} for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
+    return figures
+
+
+def _figures(figures: dict, suffix: str = "") -> dict:
+    return {name: figures[name + suffix] for name in CURVE if name + suffix in figures}
+
+
 def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOConfig(),
             policy_config: TinyPolicyConfig = TinyPolicyConfig(), policy: str | None = None,
             prompts: Path | None = None, progress: bool = True, config: dict | None = None) -> dict:
     """Train ``policy`` (default: the tiny offline one) by PPO against ``reward_model`` on the
     training prompts (``prompts``, a file, or simulated-text's), measure fresh rollouts on the
-    held prompts before and after, and write ``config.json`` (with ``config``), ``metrics.jsonl``
-    and ``summary.json`` into ``run``. Returns the summary."""
+    held prompts before and after (and every ``eval_every`` steps, as ``summary["curve"]``), and
+    write ``config.json`` (with ``config``), ``metrics.jsonl`` and ``summary.json`` into ``run``.
+    Returns the summary."""
     started = time.time()
     if policy is None:  # tiny matrices: a second thread costs more in synchronisation than it gains
         torch.set_num_threads(1)
@@ -72,19 +103,23 @@ def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOC
                                                     ppo_config.seed)
     trainer = PPOTrainer(model, tokenizer, reward_model.score, ppo_config)
     held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
-    summary = {}
-    for when in ("start", "end"):
-        if when == "end":
-            trainer.train(train_prompts, run=run, progress=progress)
-        rollouts, figures = trainer.evaluate(held)
-        summary.update({f"{name}_{when}": value for name, value in figures.items()})
-        summary[f"filler_rate_{when}"] = sum(FILLER in c for c in rollouts.completions) / len(held)
-        summary[f"completion_words_{when}"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
-        if prompts is None:  # simulated-text's prompts: the gold reward of what the policy wrote
-            summary[f"gold_{when}"] = sum(true_reward(p, c, true_weights[p])
-                                          for p, c in zip(rollouts.prompts, rollouts.completions)) / len(held)
-        summary[f"examples_{when}"] = [{"prompt": p, "completion": c}
-                                       for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
+    gold_weights = true_weights if prompts is None else None  # simulated-text's prompts: gold is known
+    summary = {f"{name}_start": value for name, value in measure(trainer, held, gold_weights).items()}
+    curve = [{"step": 0, **{k: v for k, v in _figures(summary, "_start").items()}}]
+
+    def after_step(step: int) -> dict | None:
+        if ppo_config.eval_every and step % ppo_config.eval_every == 0 and step < ppo_config.steps:
+            with torch.random.fork_rng():  # measuring leaves the training run's random stream as it was
+                torch.manual_seed(ppo_config.seed + step)
+                figures = measure(trainer, held, gold_weights)
+            curve.append({"step": step, **_figures(figures)})
+            return {f"held_{k}": v for k, v in _figures(figures).items()}
+        return None
+
+    trainer.train(train_prompts, run=run, progress=progress, after_step=after_step)
+    summary.update({f"{name}_end": value for name, value in measure(trainer, held, gold_weights).items()})
+    if ppo_config.eval_every:
+        summary["curve"] = [*curve, {"step": ppo_config.steps, **_figures(summary, "_end")}]
     summary["reward_se"] = summary.pop("reward_se_start")
     summary.update({"rise_in_se": (summary["reward_end"] - summary["reward_start"]) / summary["reward_se"],
                     "kl_bound": ppo_config.kl_bound, "kl_within_bound": summary["kl_end"] < ppo_config.kl_bound,

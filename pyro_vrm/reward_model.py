@@ -2,8 +2,10 @@
 scores text, saved as one folder.
 
 ``score(prompts, responses)`` gives each response's reward and its sd: for VRM the posterior
-mean and sd, for a point estimate (the RM, the twin) its reward and an sd of 0; one backbone pass
-per response (for a causal backbone h_x comes from the same pass).
+mean and sd, for a point estimate (the RM, the twin) its reward and an sd of 0, for an ensemble of
+fits (:meth:`RewardModel.from_runs`) the mixture of its members
+(:mod:`pyro_vrm.ensemble`); one backbone pass per response (for a causal backbone h_x comes from
+the same pass).
 ``save_pretrained(folder)`` writes ``config.json`` (the model's configuration and the backbone's
 id or path), ``model.safetensors`` and, for a backbone fine-tuned end to end, its LoRA adapters
 in ``adapters.safetensors``; ``from_pretrained(folder)`` reads them back. An instance
@@ -19,12 +21,11 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 
 from .backbone import Backbone
+from .ensemble import Ensemble, reward_mean_sd
 from .finetune import save_adapter
 from .fits import build_fit, load_fit
 from .pipeline import load_backbone
-from .posterior import reward_posterior
 from .runs import RunDir
-from .vrm import VRM
 
 __all__ = ["RewardModel", "VRMRewardModel"]
 
@@ -32,12 +33,13 @@ ADAPTERS = "adapters.safetensors"
 
 
 class RewardModel:
-    """Rewards of text from a fit of any kind: VRM's posterior mean and sd, or a point
-    estimate's reward with an sd of 0.
+    """Rewards of text from a fit of any kind: VRM's posterior mean and sd, a point
+    estimate's reward with an sd of 0, or the mixture of an ensemble's members.
 
     Args:
         model: the fit (a :class:`~pyro_vrm.vrm.VRM`, a
-            :class:`~pyro_vrm.baseline.RewardHead` or a :class:`~pyro_vrm.twin.DeterministicTwin`).
+            :class:`~pyro_vrm.baseline.RewardHead`, a :class:`~pyro_vrm.twin.DeterministicTwin`
+            or an :class:`~pyro_vrm.ensemble.Ensemble` of them).
         backbone: the backbone whose hidden states the fit reads.
         config: the fit's checkpoint config with the backbone's (``"backbone"``, ``"finetune"``).
         kappa: risk aversion of the callable form, which returns mean - kappa * sd.
@@ -54,16 +56,24 @@ class RewardModel:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, kappa: float = 0.0) -> RewardModel:
         """The fit of a ``pyro-vrm train`` run on text data, with the run's backbone."""
-        run = RunDir(run_dir)
-        train_config = run.read_json("config.json")
-        if "backbone_config" not in train_config:
-            raise ValueError(f"{run_dir} was trained on hidden states without text (--data simulated): "
-                             "there is no backbone to score text with")
-        fit = load_fit(run)
-        config = {**run.checkpoint_config(), "backbone": train_config["backbone_config"],
-                  "finetune": train_config.get("finetune_config")}
-        backbone = load_backbone(config["backbone"], config["finetune"], run.checkpoint_state().get("adapters"), device)
-        return cls(fit.model, backbone, config, kappa)
+        model, config, adapters = _read_run(run_dir)
+        return cls(model, load_backbone(config["backbone"], config["finetune"], adapters, device), config, kappa)
+
+    @classmethod
+    def from_runs(cls, run_dirs: list[str | Path], device: str | None = None, kappa: float = 0.0) -> RewardModel:
+        """An :class:`~pyro_vrm.ensemble.Ensemble` of the fits of several ``pyro-vrm train`` runs
+        on text data. They must share one backbone, not fine-tuned: the members read its states."""
+        runs = [_read_run(run_dir) for run_dir in run_dirs]
+        for run_dir, (_, config, _) in zip(run_dirs, runs):
+            if (config["finetune"] or {}).get("finetune", "none") != "none":
+                raise ValueError(f"{run_dir}: its backbone is fine-tuned, so an ensemble's members cannot share it")
+            if config["backbone"] != runs[0][1]["backbone"]:
+                raise ValueError(f"{run_dir}: its backbone {config['backbone']} differs from that of "
+                                 f"{run_dirs[0]} ({runs[0][1]['backbone']})")
+        members = [{k: v for k, v in config.items() if k not in ("backbone", "finetune")} for _, config, _ in runs]
+        config = {"kind": "ensemble", "members": members, "backbone": runs[0][1]["backbone"], "finetune": None}
+        backbone = load_backbone(config["backbone"], None, None, device)
+        return cls(Ensemble([model for model, _, _ in runs]), backbone, config, kappa)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None, kappa: float = 0.0) -> RewardModel:
@@ -88,15 +98,24 @@ class RewardModel:
     def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and sd of the reward of each response to its prompt: (N,), (N,)."""
         prompt_state, response_state, _ = self.backbone.encode(list(prompts), list(responses))
-        if isinstance(self.model, VRM):
-            return reward_posterior(self.model, prompt_state, response_state)
-        reward = self.model(prompt_state, response_state)
-        return reward, torch.zeros_like(reward)
+        return reward_mean_sd(self.model, prompt_state, response_state)
 
     def __call__(self, prompts: list[str], completions: list[str], **kwargs) -> list[float]:
         """TRL's reward-function interface: one float per completion, mean - kappa * sd."""
         mean, sd = self.score(prompts, completions)
         return (mean - self.kappa * sd).tolist()
+
+
+def _read_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict, dict | None]:
+    """(fit, its checkpoint config with the backbone's, LoRA adapters or None) of a text run."""
+    run = RunDir(run_dir)
+    train_config = run.read_json("config.json")
+    if "backbone_config" not in train_config:
+        raise ValueError(f"{run_dir} was trained on hidden states without text (--data simulated): "
+                         "there is no backbone to score text with")
+    config = {**run.checkpoint_config(), "backbone": train_config["backbone_config"],
+              "finetune": train_config.get("finetune_config")}
+    return load_fit(run).model, config, run.checkpoint_state().get("adapters")
 
 
 VRMRewardModel = RewardModel  # the name under which the reward model of a VRM fit is best known

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from pyro_vrm.metrics import (REWARDBENCH_SECTIONS, accuracy_by_subset, bootstrap_accuracy, calibration, error_auroc,
+from pyro_vrm.metrics import (REWARDBENCH_SECTIONS, accuracy_by_subset, auroc, bootstrap_accuracy, calibration, error_auroc,
                               oracle_accuracy, pairwise_accuracy, plot_reliability, rewardbench_scores,
                               selective_accuracy)
 
@@ -82,3 +84,12 @@ def test_accuracy_by_subset_and_reliability_plot(tmp_path):
     assert out == {"a": {"accuracy": 0.5, "n": 2}, "b": {"accuracy": 1.0, "n": 2}}
     plot_reliability({"vrm": calibration(torch.rand(50))}, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_auroc_is_the_share_of_positive_negative_pairs_ordered_right():
+    g = torch.Generator().manual_seed(0)
+    positive, negative = torch.randint(0, 4, (9,), generator=g).float(), torch.randint(0, 4, (7,), generator=g).float()
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive.tolist() for n in negative.tolist()]
+    assert math.isclose(auroc(positive, negative), sum(pairs) / len(pairs))
+    assert math.isclose(auroc(negative, positive), 1 - auroc(positive, negative))
+    assert math.isnan(auroc(positive, torch.tensor([])))

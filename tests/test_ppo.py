@@ -234,3 +234,23 @@ def test_offline_demonstration_raises_the_reward_within_the_kl_bound(reward_run,
     for key in ("reward", "reward_sd", "kl", "entropy", "clip_fraction", "value_loss", "policy_loss", "beta"):
         assert all(math.isfinite(r[key]) for r in records), key
     assert json.loads((out / "config.json").read_text())["ppo_config"]["steps"] == 30
+
+
+def test_measuring_along_the_way_leaves_training_as_it_was(reward_run, tmp_path):
+    """``--eval-every`` adds a curve of held-out measurements without touching the training run's
+    random stream; and an ensemble of one run twice is that run (same mean and sd)."""
+    short = ["--steps", "4", "--eval-rollouts", "16", "--rollouts-per-step", "8", "--minibatch-size", "8",
+             "--max-new-tokens", "16", "--warm-start-steps", "20", "--quiet"]
+    assert main(["ppo", "--reward", str(reward_run), "--out", str(tmp_path / "plain"), *short]) == 0
+    assert main(["ppo", "--reward", str(reward_run), str(reward_run), "--out", str(tmp_path / "measured"),
+                 "--eval-every", "2", *short]) == 0
+    plain, measured = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                       for run in ("plain", "measured"))
+    assert [r["step"] for r in measured] == [1, 2, 3, 4] and "held_gold" in measured[1] and "held_gold" not in measured[0]
+    for a, b in zip(plain, measured):
+        assert all(math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7) for key in a), (a, b)
+    summary = json.loads((tmp_path / "measured" / "summary.json").read_text())
+    assert summary["reward_model"] == "ensemble"
+    assert [p["step"] for p in summary["curve"]] == [0, 2, 4]
+    assert summary["curve"][0]["gold"] == summary["gold_start"] and summary["curve"][-1]["kl"] == summary["kl_end"]
+    assert summary["curve"][1]["gold"] == measured[1]["held_gold"]

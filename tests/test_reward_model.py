@@ -73,3 +73,24 @@ def test_a_point_estimate_scores_its_own_reward_with_no_sd(tmp_path, model):
     assert torch.equal(sd, torch.zeros(2))
     rm.save_pretrained(tmp_path / "saved")
     assert torch.equal(RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, RESPONSES)[0], mean)
+
+
+def test_an_ensemble_of_runs_scores_the_mixture_of_its_members(run_dir, tmp_path):
+    other = train_on_text(tmp_path / "seed1", "--seed", "1")
+    members = [RewardModel.from_run(run_dir).score(PROMPTS, RESPONSES), RewardModel.from_run(other).score(PROMPTS, RESPONSES)]
+    ensemble = RewardModel.from_runs([run_dir, other])
+    assert ensemble.kind == "ensemble" and len(ensemble.config["members"]) == 2
+    mean, sd = ensemble.score(PROMPTS, RESPONSES)
+    means = torch.stack([m for m, _ in members])
+    within = torch.stack([s for _, s in members]).pow(2).mean(0)
+    assert torch.allclose(mean, means.mean(0), atol=1e-6)
+    assert torch.allclose(sd**2, within + means.var(0, correction=0), atol=1e-6)
+    ensemble.save_pretrained(tmp_path / "saved")
+    again = RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, RESPONSES)
+    assert torch.allclose(again[0], mean, atol=1e-6) and torch.allclose(again[1], sd, atol=1e-6)
+
+
+def test_an_ensemble_needs_one_backbone(run_dir, tmp_path):
+    other = train_on_text(tmp_path, "--max-length", "40")
+    with pytest.raises(ValueError, match=f"{other}: its backbone .* differs from that of {run_dir}"):
+        RewardModel.from_runs([run_dir, other])

@@ -1,0 +1,270 @@
+r"""Overoptimisation curves on simulated-text (after Gao et al. 2023): does a reward's uncertainty
+keep a policy from exploiting it? Gold reward against KL for best-of-n and for PPO, for the RM, the
+twin and VRM, each without and with an uncertainty penalty (mean - kappa sd), and how well each sd
+tells out-of-distribution text from held-out responses.
+
+    python experiments/overoptimisation.py [--quick] [--members 5] [--max-n 256] [--ppo-steps 120]
+
+**Fits.** Every model is fitted on the same four fifths of simulated-text's training prompts
+(``validation_split(train, 0.2, seed=0)``); the fifth held out is the validation set on which each
+kappa and VRM's kind of uncertainty are chosen; the test prompts are used only for the curves.
+Each kind (``rm``, ``twin``, ``vrm``) is fitted ``--members`` times, seeds 0 .. M-1. The
+unpenalised model is the seed-0 fit. VRM with a Bayesian linear decoder (A, b latent) is fitted
+once, seed 0.
+
+**Uncertainty.** ``rm+penalty`` and ``twin+penalty``: the ensemble of the M fits, ranked by its
+mixture mean - kappa sd (:mod:`pyro_vrm.ensemble`). For VRM three sds compete, each a variant of
+its own: ``vrm+posterior-sd`` (the seed-0 fit's amortized posterior sd, aleatoric),
+``vrm+bayesian-decoder`` and ``vrm+ensemble``; ``vrm+penalty`` is the one whose validation
+best-of-16 gold is highest. Each kappa comes from ``--kappas`` by the same criterion (the smallest
+on a tie); the test prompts play no part.
+
+**Best-of-n.** As ``best_of_n.py``: a pool of ``--max-n`` fresh responses (filler on half) per test
+prompt, the unbiased best-of-n estimator over all n-subsets, n = 1, 2, 4, ... ``--max-n``, gold
+reward of the pick against KL_bon = log n - (n - 1)/n.
+
+**PPO.** ``pyro-vrm ppo``'s tiny policy against each of the six models (the unpenalised three with
+kappa 0, the penalised three with their kappa), at the default KL penalty and at ``--weak-beta``;
+every ``--eval-every`` steps, fresh rollouts on held prompts give the gold reward, the proxy (the
+model's mean reward) and the KL to the reference.
+
+**Out of distribution.** For every model with an sd, the AUROC of the sd for telling filler-only,
+truncated and other-family texts from held-out responses (:mod:`pyro_vrm.ood`).
+
+**Output.** ``results.json``: ``{"best_of_n": {"n", "kl_bon", MODEL: {"gold", "filler_share"}},
+"ppo": {"default" | "weak": {MODEL: {"step", "gold", "proxy", "objective", "kl", "filler_rate"}}},
+"ood": {MODEL: {"auroc": {kind: ...}, "mean_sd": {...}}}, "kappa": {MODEL: ...}, "selection":
+...}``; ``overoptimisation.png``: gold reward against KL for all models, best-of-n and PPO.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from common import curve, load, output_dir, parser, plt, show, write_results
+
+import best_of_n as bon
+from pyro_vrm import (BackboneConfig, Ensemble, ModelConfig, PPOConfig, RewardModel, RunDir, load_backbone,
+                      ood_aurocs, reward_mean_sd, validation_split)
+from pyro_vrm.policy import TinyPolicyConfig
+from pyro_vrm.ppo_run import run_ppo
+
+KINDS = ("rm", "twin", "vrm")
+VRM_SDS = ("vrm+posterior-sd", "vrm+bayesian-decoder", "vrm+ensemble")
+MODELS = (*KINDS, *(f"{kind}+penalty" for kind in KINDS))
+QUICK = {"members": 3, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 16, "val_pool": 16,
+         "ppo_steps": 30, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
+
+
+def arguments(argv):
+    p = parser(__doc__.splitlines()[0], models=",".join(KINDS))
+    p.add_argument("--quick", action="store_true", help="a short setting (" + ", ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + "); flags given explicitly still win")
+    p.add_argument("--members", type=int, default=5, help="fits per ensemble (seeds 0 .. M-1)")
+    p.add_argument("--prompts", type=int, default=64, help="test prompts, a seeded subset; 0: all")
+    p.add_argument("--max-n", type=int, default=256, help="largest n and pool size per test prompt")
+    p.add_argument("--val-prompts", type=int, default=32, help="validation prompts for kappa; 0: all")
+    p.add_argument("--val-pool", type=int, default=32, help="candidates per validation prompt (chosen at best-of-16)")
+    p.add_argument("--kappas", type=lambda s: [float(k) for k in s.split(",")], default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--ppo-steps", type=int, default=120, help="PPO steps per run")
+    p.add_argument("--beta", type=float, default=PPOConfig().beta, help="the default KL penalty")
+    p.add_argument("--weak-beta", type=float, default=0.05, help="the weak KL penalty")
+    p.add_argument("--eval-every", type=int, default=20, help="PPO steps between measurements of held rollouts")
+    p.add_argument("--eval-rollouts", type=int, default=64, help="held rollouts per measurement")
+    p.add_argument("--ood-texts", type=int, default=256, help="texts of each kind for the OOD AUROCs")
+    p.add_argument("--ppo", default="", help="further PPOConfig fields, e.g. rollouts_per_step=8,max_new_tokens=20")
+    p.add_argument("--policy", default="", help="further TinyPolicyConfig fields, e.g. warm_start_steps=50")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the candidate and OOD text draws")
+    p.add_argument("--no-ppo", action="store_true", help="best-of-n and OOD only")
+    args = p.parse_args(argv)
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}
+    if args.quick:
+        for name, value in QUICK.items():
+            if name not in given:
+                setattr(args, name, value)
+    if args.data != "simulated-text":
+        sys.exit("overoptimisation needs --data simulated-text (its gold reward is the simulator's)")
+    return args
+
+
+def fields(text: str) -> dict:
+    """``a=1,b=2.5`` -> {"a": 1, "b": 2.5}."""
+    return {k: type_of(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+
+
+def type_of(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def fit_all(args, data, fit_part, held, out) -> dict:
+    """name -> fitted model: the members of each kind, VRM's Bayesian-decoder fit, and the ensembles."""
+    splits, fits = {"train": fit_part, "test": held}, {}
+    for kind in KINDS:
+        members = [curve(kind, splits, out / "fits" / f"{kind}-seed{s}", seed=s, steps=args.steps,
+                         log_every=args.log_every)[1] for s in range(args.members)]
+        fits[kind], fits[f"{kind}-ensemble"] = members[0], Ensemble(members)
+    fits["vrm-bayesian-decoder"] = curve("vrm", splits, out / "fits" / "vrm-bayesian-decoder", steps=args.steps,
+                                         log_every=args.log_every, model_config=ModelConfig(bayesian_decoder=True))[1]
+    return fits
+
+
+# each ranked variant: (the fit it scores with, whether it subtracts kappa * sd)
+def variants(fits: dict) -> dict:
+    return {"rm": ("rm", False), "twin": ("twin", False), "vrm": ("vrm", False),
+            "rm+penalty": ("rm-ensemble", True), "twin+penalty": ("twin-ensemble", True),
+            "vrm+posterior-sd": ("vrm", True), "vrm+bayesian-decoder": ("vrm-bayesian-decoder", True),
+            "vrm+ensemble": ("vrm-ensemble", True)}
+
+
+def moments(model, cands: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, sd = reward_mean_sd(model, cands["prompt_state"], cands["response_state"])
+    return mean.reshape(cands["gold"].shape), sd.reshape(cands["gold"].shape)
+
+
+def choose(fits: dict, val: dict, kappas: list[float]) -> dict:
+    """For each penalised variant, the kappa with the highest validation best-of-16 gold; and
+    which of VRM's sds is ``vrm+penalty``."""
+    n = min(bon.KAPPA_N, val["gold"].shape[1])
+    chosen = {}
+    for name, (fit, penalised) in variants(fits).items():
+        if not penalised:
+            continue
+        mean, sd = moments(fits[fit], val)
+        gold = {k: bon.best_of_n(mean - k * sd, val["gold"], n).mean().item() for k in kappas}
+        best = max(kappas, key=lambda k: (gold[k], -k))
+        chosen[name] = {"kappa": best, "validation_gold": gold[best], "by_kappa": {str(k): g for k, g in gold.items()}}
+    winner = max(VRM_SDS, key=lambda v: chosen[v]["validation_gold"])
+    chosen["vrm+penalty"] = {**chosen[winner], "uncertainty": winner}
+    return chosen
+
+
+def run_best_of_n(fits, chosen, cands, ns) -> dict:
+    results = {"n": ns, "kl_bon": [bon.kl_bon(n) for n in ns],
+               "oracle": bon.curves(cands["gold"], cands["gold"], cands["filler"], ns)}
+    scored = {}  # fit -> (mean, sd), once: a Bayesian decoder's moments are Monte Carlo estimates
+    for name, (fit, penalised) in variants(fits).items():
+        mean, sd = scored.setdefault(fit, moments(fits[fit], cands))
+        kappa = chosen[name]["kappa"] if penalised else 0.0
+        results[name] = bon.curves(mean - kappa * sd, cands["gold"], cands["filler"], ns)
+    results["vrm+penalty"] = results[chosen["vrm+penalty"]["uncertainty"]]
+    return results
+
+
+def fit_of(name: str, fits: dict, chosen: dict) -> tuple[object, float]:
+    """(model, kappa) of one of :data:`MODELS`."""
+    if name == "vrm+penalty":
+        fit = variants(fits)[chosen[name]["uncertainty"]][0]
+    else:
+        fit = variants(fits)[name][0]
+    return fits[fit], chosen[name]["kappa"] if name in chosen else 0.0
+
+
+def run_all_ppo(args, fits, chosen, backbone, out) -> dict:
+    results = {}
+    for penalty, beta in (("default", args.beta), ("weak", args.weak_beta)):
+        results[penalty] = {}
+        for name in MODELS:
+            model, kappa = fit_of(name, fits, chosen)
+            config = PPOConfig(**{"steps": args.ppo_steps, "beta": beta, "kappa": kappa, "eval_every": args.eval_every,
+                                  "eval_rollouts": args.eval_rollouts, **fields(args.ppo)})
+            summary = run_ppo(RewardModel(model, backbone, {"kind": name}), RunDir(out / "ppo" / penalty / name),
+                              config, TinyPolicyConfig(**fields(args.policy)), progress=False,
+                              config={"model": name, "penalty": penalty})
+            points = summary["curve"]
+            results[penalty][name] = {"step": [p["step"] for p in points], "gold": [p["gold"] for p in points],
+                                      "proxy": [p["reward"] for p in points], "objective": [p["objective"] for p in points],
+                                      "kl": [p["kl"] for p in points], "filler_rate": [p["filler_rate"] for p in points],
+                                      "kappa": kappa, "beta": beta, "examples_end": summary["examples_end"]}
+            print(f"ppo {penalty:7s} {name:13s} gold {points[0]['gold']:+.3f} -> {points[-1]['gold']:+.3f}, "
+                  f"KL {points[-1]['kl']:.2f}, filler {points[-1]['filler_rate']:.2f}", flush=True)
+    return results
+
+
+def run_ood(args, fits, backbone, prompts) -> dict:
+    def score(model):
+        def scored(ps, rs):
+            prompt_state, response_state, _ = backbone.encode(ps, rs)
+            return reward_mean_sd(model, prompt_state, response_state)
+        return scored
+
+    with_sd = {"rm+penalty": "rm-ensemble", "twin+penalty": "twin-ensemble", "vrm+posterior-sd": "vrm",
+               "vrm+bayesian-decoder": "vrm-bayesian-decoder", "vrm+ensemble": "vrm-ensemble"}
+    return {name: ood_aurocs(score(fits[fit]), prompts, args.ood_texts, seed=args.sample_seed)
+            for name, fit in with_sd.items()}
+
+
+def plot(results: dict, path) -> None:
+    panels = [("best_of_n", None)] + [("ppo", penalty) for penalty in results.get("ppo", {})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (part, penalty) in zip(axes[0], panels):
+        if part == "best_of_n":
+            r = results["best_of_n"]
+            for name in [*MODELS, "oracle"]:
+                style = {"color": "black", "linestyle": "--"} if name == "oracle" else {}
+                ax.plot(r["kl_bon"], r[name]["gold"], marker="o", markersize=3, label=name, **style)
+            ax.set(xlabel="KL_bon (nats)", ylabel="gold reward", title="best-of-n")
+        else:
+            r = results["ppo"][penalty]
+            for name in MODELS:
+                ax.plot(r[name]["kl"], r[name]["gold"], marker="o", markersize=3, label=name)
+            ax.set(xlabel="KL to the reference (nats)", ylabel="gold reward",
+                   title=f"PPO, {penalty} KL penalty (beta {r[MODELS[0]]['beta']:g})")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: dict) -> None:
+    r, rows = results["best_of_n"], []
+    table_n = [n for n in (1, 4, 16, 64, 256) if n in r["n"]]
+    for name in MODELS:
+        row = [name, f"{results['kappa'].get(name, 0.0):g}", *(f"{r[name]['gold'][r['n'].index(n)]:.3f}" for n in table_n)]
+        for penalty in results.get("ppo", {}):
+            p = results["ppo"][penalty][name]
+            row.append(f"{p['gold'][0]:.2f} -> {max(p['gold']):.2f} -> {p['gold'][-1]:.2f} (KL {p['kl'][-1]:.1f})")
+        ood = results["ood"].get(name if name != "vrm+penalty" else results["selection"]["vrm+penalty"]["uncertainty"])
+        row.append(", ".join(f"{v:.2f}" for v in ood["auroc"].values()) if ood else "-")
+        rows.append(row)
+    show(results, ["model", "kappa", *(f"best-of-{n} gold" for n in table_n),
+                   *(f"PPO {p}: gold start -> peak -> end" for p in results.get("ppo", {})),
+                   "OOD AUROC of the sd (filler-only, truncated, other family)"], rows)
+
+
+def main(argv=None) -> dict:
+    args = arguments(argv)
+    out, data = output_dir(args, "overoptimisation"), load(args)
+    pairs = data["pairs"]
+    weights, prompt_texts = bon.prompt_weights(pairs), list(dict.fromkeys(pairs["prompt"]))
+    fit_part, held = validation_split(data["train"], 0.2, seed=0)
+    fits = fit_all(args, data, fit_part, held, out)
+
+    backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
+    val_prompts = bon.subset([prompt_texts[i] for i in held.prompt_id.unique().tolist()], args.val_prompts, seed=0)
+    test_prompts = bon.subset(list(dict.fromkeys(p for p, s in zip(pairs["prompt"], pairs["split"]) if s == "test")),
+                              args.prompts, seed=0)
+    val = bon.candidates(val_prompts, weights, args.val_pool, 0.5, args.sample_seed + 1, backbone)
+    chosen = choose(fits, val, args.kappas)
+    ns = [2**k for k in range(args.max_n.bit_length())]
+    cands = bon.candidates(test_prompts, weights, args.max_n, 0.5, args.sample_seed, backbone)
+    results = {"data": args.data, "members": args.members, "prompts": len(test_prompts), "pool": args.max_n,
+               "kappa": {name: c["kappa"] for name, c in chosen.items()}, "selection": chosen,
+               "best_of_n": run_best_of_n(fits, chosen, cands, ns),
+               "ood": run_ood(args, fits, backbone, test_prompts)}
+    if not args.no_ppo:
+        results["ppo"] = run_all_ppo(args, fits, chosen, backbone, out)
+    plot(results, out / "overoptimisation.png")
+    report(results)
+    write_results(out, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+r"""Reward mean and sd from a fit of any kind, and ensembles of fits: epistemic uncertainty.
+
+VRM's amortized posterior sd is aleatoric: q(z | x) and q(w | x) are learned functions of the
+input, and nothing makes them wider on text unlike the training data. An ensemble of M fits that
+differ only in their seed (Lakshminarayanan et al. 2017; for reward models Coste et al. 2023)
+disagrees where the data did not pin the fit down. Its reward is the uniform mixture of the
+members' rewards:
+
+    mean   = (1/M) sum_m mu_m
+    sd^2   = (1/M) sum_m sigma_m^2  +  (1/M) sum_m (mu_m - mean)^2
+             (within-member: VRM's posterior)  (between members: epistemic)
+
+with sigma_m = 0 for a point estimate (the RM, the twin), whose ensemble sd is then the spread of
+its members alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .posterior import reward_posterior
+from .vrm import VRM
+
+__all__ = ["Ensemble", "reward_mean_sd"]
+
+
+class Ensemble(nn.Module):
+    """M fits of one kind as one reward model (see the module docstring).
+
+    Args:
+        members: the fits, each a :class:`~pyro_vrm.vrm.VRM`, a
+            :class:`~pyro_vrm.baseline.RewardHead` or a :class:`~pyro_vrm.twin.DeterministicTwin`.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    @torch.no_grad()
+    def mean_sd(self, prompt_state: torch.Tensor, response_state: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, sd, between-member sd) of the mixture reward: states (B, H) -> three (B,)."""
+        moments = [reward_mean_sd(member, prompt_state, response_state) for member in self.members]
+        means = torch.stack([m for m, _ in moments])                     # (M, B)
+        within = torch.stack([s for _, s in moments]).pow(2).mean(0)     # (B,)
+        mean = means.mean(0)
+        between = (means - mean).pow(2).mean(0)
+        return mean, (within + between).sqrt(), between.sqrt()
+
+    def forward(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> torch.Tensor:
+        """The mixture's mean reward, (B, H) states -> (B,)."""
+        return self.mean_sd(prompt_state, response_state)[0]
+
+
+@torch.no_grad()
+def reward_mean_sd(model: nn.Module, prompt_state: torch.Tensor, response_state: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sd of the reward of each response to its prompt, for a fit of any kind: states
+    (B, H) -> (B,), (B,). VRM: its posterior; an :class:`Ensemble`: the mixture of its members;
+    a point estimate (the RM, the twin): its reward and an sd of 0."""
+    if isinstance(model, VRM):
+        return reward_posterior(model, prompt_state, response_state)
+    if isinstance(model, Ensemble):
+        return model.mean_sd(prompt_state, response_state)[:2]
+    model.eval()
+    reward = model(prompt_state, response_state)
+    return reward, torch.zeros_like(reward)
