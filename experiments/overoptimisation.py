@@ -12,8 +12,9 @@ Each kind (``rm``, ``twin``, ``vrm``) is fitted ``--members`` times, seeds 0 .. 
 unpenalised model is the seed-0 fit. VRM with a Bayesian linear decoder (A, b latent) is fitted
 once, seed 0.
 
-**Uncertainty.** ``rm+penalty`` and ``twin+penalty``: the ensemble of the M fits, ranked by its
-mixture mean - kappa sd (:mod:`pyro_vrm.ensemble`). For VRM three sds compete, each a variant of
+**Uncertainty.** ``rm+penalty`` and ``twin+penalty``: the ensemble of the M fits, each member
+standardized by its rewards on the training responses, ranked by its mixture mean - kappa sd
+(:mod:`pyro_vrm.ensemble`). For VRM three sds compete, each a variant of
 its own: ``vrm+posterior-sd`` (the seed-0 fit's amortized posterior sd, aleatoric),
 ``vrm+bayesian-decoder`` and ``vrm+ensemble``; ``vrm+penalty`` is the one whose validation
 best-of-16 gold is highest. Each kappa comes from ``--kappas`` by the same criterion (the smallest
@@ -32,14 +33,17 @@ model's mean reward) and the KL to the reference.
 truncated and other-family texts from held-out responses (:mod:`pyro_vrm.ood`).
 
 **Output.** ``results.json``: ``{"best_of_n": {"n", "kl_bon", MODEL: {"gold", "filler_share"}},
-"ppo": {"default" | "weak": {MODEL: {"step", "gold", "proxy", "objective", "kl", "filler_rate"}}},
+"ppo": {"default" | "weak": {MODEL: {"step", "gold", "gold_se", "proxy", "objective", "kl",
+"filler_rate"}}},
 "ood": {MODEL: {"auroc": {kind: ...}, "mean_sd": {...}}}, "kappa": {MODEL: ...}, "selection":
 ...}``; ``overoptimisation.png``: gold reward against KL for all models, best-of-n and PPO.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
+import time
 
 import torch
 from common import curve, load, output_dir, parser, plt, show, write_results
@@ -48,13 +52,15 @@ import best_of_n as bon
 from pyro_vrm import (BackboneConfig, Ensemble, ModelConfig, PPOConfig, RewardModel, RunDir, load_backbone,
                       ood_aurocs, reward_mean_sd, validation_split)
 from pyro_vrm.policy import TinyPolicyConfig
-from pyro_vrm.ppo_run import run_ppo
+from pyro_vrm.pipeline import ppo_prompts
+from pyro_vrm.ppo_run import make_policy, run_ppo
+from pyro_vrm.simulated_text import TextSimulationConfig, simulate_text
 
 KINDS = ("rm", "twin", "vrm")
 VRM_SDS = ("vrm+posterior-sd", "vrm+bayesian-decoder", "vrm+ensemble")
 MODELS = (*KINDS, *(f"{kind}+penalty" for kind in KINDS))
 QUICK = {"members": 3, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 16, "val_pool": 16,
-         "ppo_steps": 30, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
+         "ppo_steps": 20, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
 
 
 def arguments(argv):
@@ -71,7 +77,7 @@ def arguments(argv):
     p.add_argument("--beta", type=float, default=PPOConfig().beta, help="the default KL penalty")
     p.add_argument("--weak-beta", type=float, default=0.05, help="the weak KL penalty")
     p.add_argument("--eval-every", type=int, default=20, help="PPO steps between measurements of held rollouts")
-    p.add_argument("--eval-rollouts", type=int, default=64, help="held rollouts per measurement")
+    p.add_argument("--eval-rollouts", type=int, default=128, help="held rollouts per measurement")
     p.add_argument("--ood-texts", type=int, default=256, help="texts of each kind for the OOD AUROCs")
     p.add_argument("--ppo", default="", help="further PPOConfig fields, e.g. rollouts_per_step=8,max_new_tokens=20")
     p.add_argument("--policy", default="", help="further TinyPolicyConfig fields, e.g. warm_start_steps=50")
@@ -106,10 +112,12 @@ def type_of(value: str):
 def fit_all(args, data, fit_part, held, out) -> dict:
     """name -> fitted model: the members of each kind, VRM's Bayesian-decoder fit, and the ensembles."""
     splits, fits = {"train": fit_part, "test": held}, {}
+    # the members are put on one scale by their rewards on the responses they were fitted to
+    reference = (fit_part.prompt_state.repeat(2, 1), torch.cat([fit_part.chosen_state, fit_part.rejected_state]))
     for kind in KINDS:
         members = [curve(kind, splits, out / "fits" / f"{kind}-seed{s}", seed=s, steps=args.steps,
                          log_every=args.log_every)[1] for s in range(args.members)]
-        fits[kind], fits[f"{kind}-ensemble"] = members[0], Ensemble(members)
+        fits[kind], fits[f"{kind}-ensemble"] = members[0], Ensemble(members).standardize(*reference)
     fits["vrm-bayesian-decoder"] = curve("vrm", splits, out / "fits" / "vrm-bayesian-decoder", steps=args.steps,
                                          log_every=args.log_every, model_config=ModelConfig(bayesian_decoder=True))[1]
     return fits
@@ -167,18 +175,26 @@ def fit_of(name: str, fits: dict, chosen: dict) -> tuple[object, float]:
 
 
 def run_all_ppo(args, fits, chosen, backbone, out) -> dict:
+    """Every model at both penalties, each run from one copy of the tiny policy, warm-started once."""
+    policy_config = TinyPolicyConfig(**fields(args.policy))
+    seed = PPOConfig(**fields(args.ppo)).seed
+    text = simulate_text(TextSimulationConfig(seed=seed)).to_dict()
+    torch.set_num_threads(1)  # as pyro-vrm ppo does for the tiny policy, so that its warm start is the same
+    model, tokenizer, _ = make_policy(None, text, [p for split in ppo_prompts(None, text, seed) for p in split],
+                                      policy_config, seed)
     results = {}
     for penalty, beta in (("default", args.beta), ("weak", args.weak_beta)):
         results[penalty] = {}
         for name in MODELS:
-            model, kappa = fit_of(name, fits, chosen)
-            config = PPOConfig(**{"steps": args.ppo_steps, "beta": beta, "kappa": kappa, "eval_every": args.eval_every,
+            reward, kappa = fit_of(name, fits, chosen)
+            ppo_config = PPOConfig(**{"steps": args.ppo_steps, "beta": beta, "kappa": kappa, "eval_every": args.eval_every,
                                   "eval_rollouts": args.eval_rollouts, **fields(args.ppo)})
-            summary = run_ppo(RewardModel(model, backbone, {"kind": name}), RunDir(out / "ppo" / penalty / name),
-                              config, TinyPolicyConfig(**fields(args.policy)), progress=False,
-                              config={"model": name, "penalty": penalty})
+            summary = run_ppo(RewardModel(reward, backbone, {"kind": name}), RunDir(out / "ppo" / penalty / name),
+                              ppo_config, policy_config, progress=False, config={"model": name, "penalty": penalty},
+                              initial_policy=(copy.deepcopy(model), tokenizer))
             points = summary["curve"]
             results[penalty][name] = {"step": [p["step"] for p in points], "gold": [p["gold"] for p in points],
+                                      "gold_se": [p["gold_se"] for p in points],
                                       "proxy": [p["reward"] for p in points], "objective": [p["objective"] for p in points],
                                       "kl": [p["kl"] for p in points], "filler_rate": [p["filler_rate"] for p in points],
                                       "kappa": kappa, "beta": beta, "examples_end": summary["examples_end"]}
@@ -223,22 +239,29 @@ def plot(results: dict, path) -> None:
 
 
 def report(results: dict) -> None:
+    """Print the curves' table and the OOD table, and keep both in ``results``."""
     r, rows = results["best_of_n"], []
     table_n = [n for n in (1, 4, 16, 64, 256) if n in r["n"]]
     for name in MODELS:
         row = [name, f"{results['kappa'].get(name, 0.0):g}", *(f"{r[name]['gold'][r['n'].index(n)]:.3f}" for n in table_n)]
         for penalty in results.get("ppo", {}):
             p = results["ppo"][penalty][name]
-            row.append(f"{p['gold'][0]:.2f} -> {max(p['gold']):.2f} -> {p['gold'][-1]:.2f} (KL {p['kl'][-1]:.1f})")
-        ood = results["ood"].get(name if name != "vrm+penalty" else results["selection"]["vrm+penalty"]["uncertainty"])
-        row.append(", ".join(f"{v:.2f}" for v in ood["auroc"].values()) if ood else "-")
+            row.append(f"{p['gold'][0]:.2f} / {max(p['gold']):.2f} / {p['gold'][-1]:.2f} (KL {p['kl'][-1]:.1f}, "
+                       f"proxy {p['proxy'][-1] - p['proxy'][0]:+.2g})")
         rows.append(row)
     show(results, ["model", "kappa", *(f"best-of-{n} gold" for n in table_n),
-                   *(f"PPO {p}: gold start -> peak -> end" for p in results.get("ppo", {})),
-                   "OOD AUROC of the sd (filler-only, truncated, other family)"], rows)
+                   *(f"PPO {p} penalty: gold start / peak / end" for p in results.get("ppo", {}))], rows)
+    print()
+    kinds = list(next(iter(results["ood"].values()))["auroc"])
+    rows = [[name + (" (chosen: vrm+penalty)" if name == results["selection"]["vrm+penalty"]["uncertainty"] else ""),
+             *(f"{ood['auroc'][k]:.3f}" for k in kinds),
+             f"{ood['mean_sd']['in_distribution']:.3g}"] for name, ood in results["ood"].items()]
+    show(results, ["model (its sd)", *(f"AUROC {k.replace('_', '-')}" for k in kinds), "mean sd in distribution"],
+         rows, key="ood_table")
 
 
 def main(argv=None) -> dict:
+    started = time.time()
     args = arguments(argv)
     out, data = output_dir(args, "overoptimisation"), load(args)
     pairs = data["pairs"]
@@ -260,6 +283,7 @@ def main(argv=None) -> dict:
                "ood": run_ood(args, fits, backbone, test_prompts)}
     if not args.no_ppo:
         results["ppo"] = run_all_ppo(args, fits, chosen, backbone, out)
+    results["seconds"] = round(time.time() - started)
     plot(results, out / "overoptimisation.png")
     report(results)
     write_results(out, results)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- report:(?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=key) -->)", re.S)
 # script -> the plot it draws, copied beside its results
 PLOTS = {"fig3_supervision_loss": "fig3.png", "fig4_vrm_vs_rm": "fig4.png", "fig5_lambda": "fig5.png",
-         "best_of_n": "best_of_n.png"}
+         "best_of_n": "best_of_n.png", "overoptimisation": "overoptimisation.png"}
 BENCHMARK_SETS = ("cpu", "gpu")
 
 
@@ -119,6 +119,56 @@ def best_of_n(record: dict) -> str:
     return "\n".join(lines)
 
 
+def overoptimisation_findings(record: dict) -> list[str]:
+    """Sentences on the two criteria (best-of-64 gold; final PPO gold at the weak KL penalty),
+    on where each gold reward peaks, and on the OOD AUROCs, computed from the figures."""
+    bon, chosen = record["best_of_n"], record["selection"]["vrm+penalty"]
+    n = 64 if 64 in bon["n"] else bon["n"][-1]
+    gold = {m: bon[m]["gold"][bon["n"].index(n)] for m in ("vrm+penalty", "vrm", "twin", "rm")}
+    found = [
+        f"At n = {n}, VRM ranked by mean - kappa sd with its chosen sd ({chosen['uncertainty']}, kappa "
+        f"{chosen['kappa']:g}) picks responses of mean gold reward {gold['vrm+penalty']:.3f}, against "
+        f"{gold['twin']:.3f} for the twin and {gold['rm']:.3f} for the RM, both unpenalised (VRM unpenalised: "
+        f"{gold['vrm']:.3f}): the criterion that VRM's is the higher "
+        f"{'holds' if gold['vrm+penalty'] > max(gold['twin'], gold['rm']) else 'fails'}."]
+    if "ppo" in record and "weak" in record["ppo"]:
+        weak = record["ppo"]["weak"]
+        end = {m: (weak[m]["gold"][-1], weak[m]["gold_se"][-1]) for m in weak}
+        found.append(
+            f"With the weak KL penalty (beta {weak['rm']['beta']:g}), the final gold reward of PPO's held rollouts is "
+            f"{end['vrm+penalty'][0]:.2f} ± {end['vrm+penalty'][1]:.2f} (se) against VRM's sd-penalised reward and "
+            f"{end['vrm'][0]:.2f} ± {end['vrm'][1]:.2f} against its mean alone, and {end['rm'][0]:.2f} ± "
+            f"{end['rm'][1]:.2f} against the RM's: the criterion that VRM's is at least the RM's "
+            f"{'holds' if end['vrm+penalty'][0] >= end['rm'][0] else 'fails'} for the penalised VRM and "
+            f"{'holds' if end['vrm'][0] >= end['rm'][0] else 'fails'} for the unpenalised one.")
+        falls = []
+        for name, curve in weak.items():
+            peak = max(range(len(curve["gold"])), key=curve["gold"].__getitem__)
+            falls.append(f"{name} {curve['gold'][peak] - curve['gold'][-1]:.2f} (peak at KL {curve['kl'][peak]:.1f})")
+        found.append("Under the weak penalty, each gold reward ends below its peak by: " + "; ".join(falls) + ".")
+    best = {kind: max(record["ood"].items(), key=lambda item: item[1]["auroc"][kind]) for kind in
+            next(iter(record["ood"].values()))["auroc"]}
+    found.append("The best out-of-distribution AUROC of any sd: " + "; ".join(
+        f"{kind.replace('_', '-')} {ood['auroc'][kind]:.2f} ({name})" for kind, (name, ood) in best.items()) + ".")
+    return found
+
+
+def overoptimisation(record: dict) -> str:
+    ood = record["ood_table"]
+    return "\n".join([printed(record, PLOTS["overoptimisation"]), "", "The sd's AUROC for telling each kind of "
+                      "out-of-distribution text from held-out responses (0.5: chance):", "",
+                      table(ood["header"], ood["rows"]), "", *(f"{line}\n" for line in overoptimisation_findings(record))]
+                     ).rstrip("\n")
+
+
+def overoptimisation_summary(results: Path) -> str:
+    path = results / "overoptimisation.json"
+    if not path.exists():
+        return "(not run yet: python experiments/overoptimisation.py)"
+    record = json.loads(path.read_text())
+    return "\n\n".join([*overoptimisation_findings(record), f"From {provenance(record)}."])
+
+
 DATA_NAMES = {"uf": "UltraFeedback sample", "hh": "HH-RLHF sample"}
 
 
@@ -157,7 +207,7 @@ def headline(results: Path) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
-    "reward_hacking": reward_hacking, "best_of_n": best_of_n,
+    "reward_hacking": reward_hacking, "best_of_n": best_of_n, "overoptimisation": overoptimisation,
     "fig3_supervision_loss": lambda r: printed(r, PLOTS["fig3_supervision_loss"]),
     "fig4_vrm_vs_rm": lambda r: printed(r, PLOTS["fig4_vrm_vs_rm"]),
     "fig5_lambda": lambda r: printed(r, PLOTS["fig5_lambda"]),
@@ -191,6 +241,8 @@ def render(key: str, results: Path) -> str:
         return headline(results)
     if key == "svi_overhead":
         return svi_overhead(results)
+    if key == "overoptimisation-summary":
+        return overoptimisation_summary(results)
     path = results / f"{key}.json"
     if not path.exists():
         return f"(not run yet: no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})"

@@ -12,6 +12,13 @@ members' rewards:
 
 with sigma_m = 0 for a point estimate (the RM, the twin), whose ensemble sd is then the spread of
 its members alone.
+
+A Bradley-Terry reward is identified only up to a shift (and, under regularisation, barely in
+scale), so two seeds of the RM can differ by a constant that is no disagreement about any
+response. :meth:`Ensemble.standardize` puts every member on one scale first, as Gao et al. (2023)
+and Coste et al. (2023) normalise their reward models: member m's reward (and sd) becomes
+(r_m - a_m) / b_m, with a_m and b_m the mean and sd of its mean rewards on reference responses
+(the training responses, say). Until then a_m = 0 and b_m = 1.
 """
 
 from __future__ import annotations
@@ -38,14 +45,28 @@ class Ensemble(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.register_buffer("offset", torch.zeros(len(members)))   # a_m
+        self.register_buffer("scale", torch.ones(len(members)))     # b_m
+
+    @torch.no_grad()
+    def standardize(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> Ensemble:
+        """Set each member's a_m, b_m to the mean and sd of its mean rewards on the reference
+        responses (states (N, H), N >= 2); returns the ensemble."""
+        if len(prompt_state) < 2:
+            raise ValueError(f"standardizing needs at least 2 reference responses, got {len(prompt_state)}")
+        means = torch.stack([reward_mean_sd(m, prompt_state, response_state)[0] for m in self.members])  # (M, N)
+        self.offset.copy_(means.mean(1))
+        self.scale.copy_(means.std(1).clamp_min(1e-12))
+        return self
 
     @torch.no_grad()
     def mean_sd(self, prompt_state: torch.Tensor, response_state: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, sd, between-member sd) of the mixture reward: states (B, H) -> three (B,)."""
         moments = [reward_mean_sd(member, prompt_state, response_state) for member in self.members]
-        means = torch.stack([m for m, _ in moments])                     # (M, B)
-        within = torch.stack([s for _, s in moments]).pow(2).mean(0)     # (B,)
+        offset, scale = self.offset.unsqueeze(-1), self.scale.unsqueeze(-1)                # (M, 1)
+        means = (torch.stack([m for m, _ in moments]) - offset) / scale                    # (M, B)
+        within = (torch.stack([s for _, s in moments]) / scale).pow(2).mean(0)             # (B,)
         mean = means.mean(0)
         between = (means - mean).pow(2).mean(0)
         return mean, (within + between).sqrt(), between.sqrt()

@@ -7,6 +7,7 @@ no reward model sees).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,7 @@ from .simulated_text import FILLER, TextSimulationConfig, simulate_text, true_re
 __all__ = ["load_reward", "make_policy", "measure", "run_ppo"]
 
 # what a measurement on held prompts records at every point of the curve (``--eval-every``)
-CURVE = ("reward", "objective", "reward_sd", "kl", "gold", "filler_rate", "completion_words")
+CURVE = ("reward", "objective", "reward_sd", "kl", "gold", "gold_se", "filler_rate", "completion_words")
 
 
 def load_reward(path: Path | list[Path]) -> RewardModel:
@@ -68,13 +69,15 @@ def measure(trainer: PPOTrainer, held: list[str], true_weights: dict | None) -> 
     """Fresh rollouts on ``held`` prompts, one each: the reward model's mean reward (the proxy),
     its standard error, mean sd and mean - kappa * sd, the KL to the reference, the share with
     the planted filler, the mean length in words, three examples and, given the prompts' true
-    objective weights, the gold reward (the simulator's true reward of the text)."""
+    objective weights, the gold reward (the simulator's true reward of the text) and its standard
+    error."""
     rollouts, figures = trainer.evaluate(held)
     figures["filler_rate"] = sum(FILLER in c for c in rollouts.completions) / len(held)
     figures["completion_words"] = sum(len(c.split()) for c in rollouts.completions) / len(held)
     if true_weights is not None:
-        figures["gold"] = sum(true_reward(p, c, true_weights[p])
-                              for p, c in zip(rollouts.prompts, rollouts.completions)) / len(held)
+        gold = torch.tensor([true_reward(p, c, true_weights[p]) for p, c in zip(rollouts.prompts, rollouts.completions)])
+        figures["gold"] = float(gold.mean())
+        figures["gold_se"] = float(gold.std() / math.sqrt(len(gold))) if len(gold) > 1 else float("nan")
     figures["examples"] = [{"prompt": p, "completion": c} for p, c in zip(rollouts.prompts[:3], rollouts.completions[:3])]
     return figures
 
@@ -85,12 +88,14 @@ def _figures(figures: dict, suffix: str = "") -> dict:
 
 def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOConfig(),
             policy_config: TinyPolicyConfig = TinyPolicyConfig(), policy: str | None = None,
-            prompts: Path | None = None, progress: bool = True, config: dict | None = None) -> dict:
+            prompts: Path | None = None, progress: bool = True, config: dict | None = None,
+            initial_policy: tuple | None = None) -> dict:
     """Train ``policy`` (default: the tiny offline one) by PPO against ``reward_model`` on the
     training prompts (``prompts``, a file, or simulated-text's), measure fresh rollouts on the
     held prompts before and after (and every ``eval_every`` steps, as ``summary["curve"]``), and
     write ``config.json`` (with ``config``), ``metrics.jsonl`` and ``summary.json`` into ``run``.
-    Returns the summary."""
+    ``initial_policy``, a (model, tokenizer) that :func:`make_policy` built, starts from that
+    model (trained in place: pass a copy) instead of building the policy again. Returns the summary."""
     started = time.time()
     if policy is None:  # tiny matrices: a second thread costs more in synchronisation than it gains
         torch.set_num_threads(1)
@@ -99,8 +104,11 @@ def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOC
     true_weights = {p: torch.tensor(w) for p, w in zip(text["prompt"], text["weights"])}
     run.write_json("config.json", {**(config or {}), "policy": policy, "prompts": prompts,
                                    "ppo_config": asdict(ppo_config), "policy_config": asdict(policy_config)})
-    model, tokenizer, warm_start_loss = make_policy(policy, text, train_prompts + held_prompts, policy_config,
-                                                    ppo_config.seed)
+    if initial_policy is not None:
+        (model, tokenizer), warm_start_loss = initial_policy, None
+    else:
+        model, tokenizer, warm_start_loss = make_policy(policy, text, train_prompts + held_prompts, policy_config,
+                                                        ppo_config.seed)
     trainer = PPOTrainer(model, tokenizer, reward_model.score, ppo_config)
     held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
     gold_weights = true_weights if prompts is None else None  # simulated-text's prompts: gold is known

@@ -52,3 +52,27 @@ def test_an_ensemble_of_vrms_adds_the_members_posterior_variance_to_their_spread
 def test_an_empty_ensemble_is_refused():
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble([])
+
+
+def test_standardized_members_agree_on_a_shifted_and_scaled_copy():
+    """A member and an affine copy of it (r' = 3 r + 5: the same preferences) disagree on every
+    response until standardized, and then not at all."""
+    torch.manual_seed(0)
+    head = RewardHead(H, 8, 1)
+    copy = RewardHead(H, 8, 1)
+    copy.load_state_dict(head.state_dict())
+    with torch.no_grad():
+        last = copy.net[-1]
+        last.weight.mul_(3.0)
+        last.bias.mul_(3.0).add_(5.0)
+    prompt_state, response_state = states(20)
+    ensemble = Ensemble([head, copy])
+    assert reward_mean_sd(ensemble, prompt_state, response_state)[1].min() > 1.0
+    ensemble.standardize(prompt_state[:10], response_state[:10])
+    mean, sd = reward_mean_sd(ensemble, prompt_state[10:], response_state[10:])
+    assert torch.allclose(sd, torch.zeros(10), atol=1e-5)
+    with torch.no_grad():
+        reward = head(prompt_state[10:], response_state[10:])
+        reference = head(prompt_state[:10], response_state[:10])
+    assert torch.allclose(mean, (reward - reference.mean()) / reference.std(), atol=1e-5)
+    assert torch.equal(Ensemble([head]).scale, torch.ones(1))

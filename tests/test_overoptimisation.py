@@ -32,6 +32,7 @@ def test_tiny_run(monkeypatch, tmp_path, capsys):
     small = simulated_text.TextSimulationConfig(num_prompts=16)
     monkeypatch.setattr(simulated_text, "TextSimulationConfig", lambda seed=0: small)
     monkeypatch.setattr(ppo_run, "TextSimulationConfig", lambda seed=0: small)
+    monkeypatch.setattr(oo, "TextSimulationConfig", lambda seed=0: small)
     out = tmp_path / "oo"
     results = oo.main(["--steps", "10", "--log-every", "5", "--max-length", "48", "--members", "2", "--max-n", "4",
                        "--val-pool", "4", "--ppo-steps", "2", "--eval-every", "1", "--eval-rollouts", "4",
