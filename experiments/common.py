@@ -42,7 +42,10 @@ LABELS = {"vrm": "VRM", "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-t
           "twin": "twin"}
 
 
-def parser(description: str, steps: int = 1000, seeds: int = 1, models: str = "vrm,rm") -> argparse.ArgumentParser:
+def parser(description: str, steps: int = 1000, seeds: int | None = 1,
+           models: str | None = "vrm,rm") -> argparse.ArgumentParser:
+    """The flags every script shares; ``--seeds`` and ``--models`` only where ``seeds`` and
+    ``models`` (their defaults) are given."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default="simulated-text",
                    help="simulated-text (default), hh or uf (the HH-RLHF and UltraFeedback samples in "
@@ -50,8 +53,10 @@ def parser(description: str, steps: int = 1000, seeds: int = 1, models: str = "v
     p.add_argument("--backbone", default="minilm", help="minilm, a hub id or a local model folder")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--seeds", type=int, default=seeds, help="seeds 0 .. N-1")
-    p.add_argument("--models", default=models, help=f"comma-separated, from {', '.join(MODELS)}")
+    if seeds is not None:
+        p.add_argument("--seeds", type=int, default=seeds, help="seeds 0 .. N-1")
+    if models is not None:
+        p.add_argument("--models", default=models, help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="output folder (default experiments/out/<script>)")

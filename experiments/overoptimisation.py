@@ -64,7 +64,7 @@ QUICK = {"members": 3, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 
 
 
 def arguments(argv):
-    p = parser(__doc__.splitlines()[0], models=",".join(KINDS))
+    p = parser(__doc__.splitlines()[0], seeds=None, models=None)
     p.add_argument("--quick", action="store_true", help="a short setting (" + ", ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + "); flags given explicitly still win")
     p.add_argument("--members", type=int, default=5, help="fits per ensemble (seeds 0 .. M-1)")
@@ -109,7 +109,7 @@ def type_of(value: str):
     return value
 
 
-def fit_all(args, data, fit_part, held, out) -> dict:
+def fit_all(args, fit_part, held, out) -> dict:
     """name -> fitted model: the members of each kind, VRM's Bayesian-decoder fit, and the ensembles."""
     splits, fits = {"train": fit_part, "test": held}, {}
     # the members are put on one scale by their rewards on the responses they were fitted to
@@ -124,8 +124,7 @@ def fit_all(args, data, fit_part, held, out) -> dict:
 
 
 # each ranked variant: (the fit it scores with, whether it subtracts kappa * sd)
-def variants(fits: dict) -> dict:
-    return {"rm": ("rm", False), "twin": ("twin", False), "vrm": ("vrm", False),
+VARIANTS = {"rm": ("rm", False), "twin": ("twin", False), "vrm": ("vrm", False),
             "rm+penalty": ("rm-ensemble", True), "twin+penalty": ("twin-ensemble", True),
             "vrm+posterior-sd": ("vrm", True), "vrm+bayesian-decoder": ("vrm-bayesian-decoder", True),
             "vrm+ensemble": ("vrm-ensemble", True)}
@@ -141,7 +140,7 @@ def choose(fits: dict, val: dict, kappas: list[float]) -> dict:
     which of VRM's sds is ``vrm+penalty``."""
     n = min(bon.KAPPA_N, val["gold"].shape[1])
     chosen = {}
-    for name, (fit, penalised) in variants(fits).items():
+    for name, (fit, penalised) in VARIANTS.items():
         if not penalised:
             continue
         mean, sd = moments(fits[fit], val)
@@ -157,7 +156,7 @@ def run_best_of_n(fits, chosen, cands, ns) -> dict:
     results = {"n": ns, "kl_bon": [bon.kl_bon(n) for n in ns],
                "oracle": bon.curves(cands["gold"], cands["gold"], cands["filler"], ns)}
     scored = {}  # fit -> (mean, sd), once: a Bayesian decoder's moments are Monte Carlo estimates
-    for name, (fit, penalised) in variants(fits).items():
+    for name, (fit, penalised) in VARIANTS.items():
         mean, sd = scored.setdefault(fit, moments(fits[fit], cands))
         kappa = chosen[name]["kappa"] if penalised else 0.0
         results[name] = bon.curves(mean - kappa * sd, cands["gold"], cands["filler"], ns)
@@ -166,12 +165,9 @@ def run_best_of_n(fits, chosen, cands, ns) -> dict:
 
 
 def fit_of(name: str, fits: dict, chosen: dict) -> tuple[object, float]:
-    """(model, kappa) of one of :data:`MODELS`."""
-    if name == "vrm+penalty":
-        fit = variants(fits)[chosen[name]["uncertainty"]][0]
-    else:
-        fit = variants(fits)[name][0]
-    return fits[fit], chosen[name]["kappa"] if name in chosen else 0.0
+    """(model, kappa) of one of :data:`MODELS`; the unpenalised ones have kappa 0."""
+    variant = chosen[name]["uncertainty"] if name == "vrm+penalty" else name
+    return fits[VARIANTS[variant][0]], chosen[name]["kappa"] if name in chosen else 0.0
 
 
 def run_all_ppo(args, fits, chosen, backbone, out) -> dict:
@@ -267,7 +263,7 @@ def main(argv=None) -> dict:
     pairs = data["pairs"]
     weights, prompt_texts = bon.prompt_weights(pairs), list(dict.fromkeys(pairs["prompt"]))
     fit_part, held = validation_split(data["train"], 0.2, seed=0)
-    fits = fit_all(args, data, fit_part, held, out)
+    fits = fit_all(args, fit_part, held, out)
 
     backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
     val_prompts = bon.subset([prompt_texts[i] for i in held.prompt_id.unique().tolist()], args.val_prompts, seed=0)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -91,6 +92,10 @@ def test_an_ensemble_of_runs_scores_the_mixture_of_its_members(run_dir, tmp_path
 
 
 def test_an_ensemble_needs_one_backbone(run_dir, tmp_path):
-    other = train_on_text(tmp_path, "--max-length", "40")
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["backbone_config"]["max_length"] += 1
+    (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"{other}: its backbone .* differs from that of {run_dir}"):
         RewardModel.from_runs([run_dir, other])
