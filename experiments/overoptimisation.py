@@ -42,6 +42,7 @@ truncated and other-family texts from held-out responses (:mod:`pyro_vrm.ood`).
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 
@@ -83,6 +84,7 @@ def arguments(argv):
     p.add_argument("--policy", default="", help="further TinyPolicyConfig fields, e.g. warm_start_steps=50")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the candidate and OOD text draws")
     p.add_argument("--no-ppo", action="store_true", help="best-of-n and OOD only")
+    p.add_argument("--replot", action="store_true", help="only redraw the figure from the results.json in --out")
     args = p.parse_args(argv)
     given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
              if a.startswith("--")}
@@ -213,22 +215,28 @@ def run_ood(args, fits, backbone, prompts) -> dict:
 
 
 def plot(results: dict, path) -> None:
-    panels = [("best_of_n", None)] + [("ppo", penalty) for penalty in results.get("ppo", {})]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (part, penalty) in zip(axes[0], panels):
-        if part == "best_of_n":
-            r = results["best_of_n"]
-            for name in [*MODELS, "oracle"]:
-                style = {"color": "black", "linestyle": "--"} if name == "oracle" else {}
-                ax.plot(r["kl_bon"], r[name]["gold"], marker="o", markersize=3, label=name, **style)
-            ax.set(xlabel="KL_bon (nats)", ylabel="gold reward", title="best-of-n")
-        else:
-            r = results["ppo"][penalty]
-            for name in MODELS:
-                ax.plot(r[name]["kl"], r[name]["gold"], marker="o", markersize=3, label=name)
-            ax.set(xlabel="KL to the reference (nats)", ylabel="gold reward",
-                   title=f"PPO, {penalty} KL penalty (beta {r[MODELS[0]]['beta']:g})")
+    """Top: gold reward against KL (best-of-n, then PPO at each penalty). Below the PPO panels: the
+    same gold reward against the training step, since PPO's KL on fresh rollouts need not grow."""
+    penalties = list(results.get("ppo", {}))
+    fig, axes = plt.subplots(2 if penalties else 1, 1 + len(penalties), figsize=(5 * (1 + len(penalties)), 7.6 if penalties else 4),
+                             squeeze=False)
+    r = results["best_of_n"]
+    for name in [*MODELS, "oracle"]:
+        style = {"color": "black", "linestyle": "--"} if name == "oracle" else {}
+        axes[0][0].plot(r["kl_bon"], r[name]["gold"], marker="o", markersize=3, label=name, **style)
+    axes[0][0].set(xlabel="KL_bon (nats)", ylabel="gold reward", title="best-of-n, n = 1 ... " + str(r["n"][-1]))
     axes[0][0].legend(fontsize=7)
+    for column, penalty in enumerate(penalties, 1):
+        p = results["ppo"][penalty]
+        title = f"PPO, {penalty} KL penalty (beta {p[MODELS[0]]['beta']:g})"
+        for name in MODELS:
+            axes[0][column].plot(p[name]["kl"], p[name]["gold"], marker="o", markersize=3, label=name)
+            axes[1][column].errorbar(p[name]["step"], p[name]["gold"], yerr=p[name]["gold_se"], marker="o",
+                                     markersize=3, capsize=2, label=name)
+        axes[0][column].set(xlabel="KL to the reference on held rollouts (nats)", ylabel="gold reward", title=title)
+        axes[1][column].set(xlabel="PPO step", ylabel="gold reward (± se)", title=title)
+    if penalties:
+        axes[1][0].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -259,6 +267,11 @@ def report(results: dict) -> None:
 def main(argv=None) -> dict:
     started = time.time()
     args = arguments(argv)
+    if args.replot:
+        out = output_dir(args, "overoptimisation")
+        results = json.loads((out / "results.json").read_text())
+        plot(results, out / "overoptimisation.png")
+        return results
     out, data = output_dir(args, "overoptimisation"), load(args)
     pairs = data["pairs"]
     weights, prompt_texts = bon.prompt_weights(pairs), list(dict.fromkeys(pairs["prompt"]))

@@ -137,7 +137,9 @@ def overoptimisation_findings(record: dict) -> list[str]:
         found.append(
             f"With the weak KL penalty (beta {weak['rm']['beta']:g}), the final gold reward of PPO's held rollouts is "
             f"{end['vrm+penalty'][0]:.2f} ± {end['vrm+penalty'][1]:.2f} (se) against VRM's sd-penalised reward and "
-            f"{end['vrm'][0]:.2f} ± {end['vrm'][1]:.2f} against its mean alone, and {end['rm'][0]:.2f} ± "
+            f"{end['vrm'][0]:.2f} ± {end['vrm'][1]:.2f} against its mean alone, {end['twin'][0]:.2f} ± "
+            f"{end['twin'][1]:.2f} against the twin's and {end['twin+penalty'][0]:.2f} ± {end['twin+penalty'][1]:.2f} "
+            f"against its ensemble's penalised reward, and {end['rm'][0]:.2f} ± "
             f"{end['rm'][1]:.2f} against the RM's: the criterion that VRM's is at least the RM's "
             f"{'holds' if end['vrm+penalty'][0] >= end['rm'][0] else 'fails'} for the penalised VRM and "
             f"{'holds' if end['vrm'][0] >= end['rm'][0] else 'fails'} for the unpenalised one.")
