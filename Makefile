@@ -27,8 +27,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pyro-vrm train --data simulated-text
 
+# One worker per core (pytest-xdist); a file's tests share a worker, and with it their fixtures.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The pages and the API reference into site/, offline; a warning (a broken reference) is an error.
 docs: $(DOCS_STAMP)
