@@ -49,7 +49,7 @@ import sys
 import torch
 from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, plt, show, write_results
 
-from pyro_vrm import BackboneConfig, load_backbone, reward_posterior, sample_responses, true_reward, validation_split
+from pyro_vrm import BackboneConfig, load_backbone, reward_mean_sd, sample_responses, true_reward, validation_split
 
 RISK_AVERSE = "vrm-risk-averse"
 NAMES = {**LABELS, RISK_AVERSE: "VRM, mean - kappa sd", "oracle": "oracle (gold reward)"}
@@ -130,15 +130,10 @@ def candidates(prompts: list[str], weights: dict, pool: int, filler_rate: float,
             "gold": torch.tensor(gold, dtype=torch.float64), "filler": torch.tensor(filler, dtype=torch.float64)}
 
 
-@torch.no_grad()
-def scores(name: str, model, cands: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(proxy mean (P, m), posterior sd (P, m) or None) of model ``name`` on the candidates."""
-    shape = cands["gold"].shape
-    if name.startswith("vrm"):
-        mean, sd = reward_posterior(model, cands["prompt_state"], cands["response_state"])
-        return mean.reshape(shape), sd.reshape(shape)
-    model.eval()
-    return model(cands["prompt_state"], cands["response_state"]).reshape(shape), None
+def scores(model, cands: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(proxy mean, sd), each (P, m), of a fit of any kind on the candidates (a point estimate's sd is 0)."""
+    mean, sd = reward_mean_sd(model, cands["prompt_state"], cands["response_state"])
+    return mean.reshape(cands["gold"].shape), sd.reshape(cands["gold"].shape)
 
 
 def choose_kappa(args, data, weights, prompt_texts, backbone, out, seed: int) -> dict:
@@ -148,7 +143,7 @@ def choose_kappa(args, data, weights, prompt_texts, backbone, out, seed: int) ->
     _, vrm = curve("vrm", {"train": fit_part, "test": held}, out / f"vrm-validation-seed{seed}", seed=seed,
                    steps=args.steps, log_every=args.log_every)
     cands = candidates(val_prompts, weights, args.val_pool, args.filler_rate, args.sample_seed + 1, backbone)
-    mean, sd = scores("vrm", vrm, cands)
+    mean, sd = scores(vrm, cands)
     n = min(KAPPA_N, args.val_pool)
     gold = {k: best_of_n(mean - k * sd, cands["gold"], n).mean().item() for k in args.kappas}
     best = max(args.kappas, key=lambda k: (gold[k], -k))
@@ -229,7 +224,7 @@ def main(argv=None) -> dict:
     for s in range(args.seeds):
         for name in names:
             _, model = curve(name, data, out / f"{name}-seed{s}", seed=s, steps=args.steps, log_every=args.log_every)
-            mean, sd = scores(name, model, cands)
+            mean, sd = scores(model, cands)
             per_seed[name].append(curves(mean, cands["gold"], cands["filler"], ns))
             if name == "vrm":
                 selection = choose_kappa(args, data, weights, prompt_texts, backbone, out, s)

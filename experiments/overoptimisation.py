@@ -132,11 +132,6 @@ VARIANTS = {"rm": ("rm", False), "twin": ("twin", False), "vrm": ("vrm", False),
             "vrm+ensemble": ("vrm-ensemble", True)}
 
 
-def moments(model, cands: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, sd = reward_mean_sd(model, cands["prompt_state"], cands["response_state"])
-    return mean.reshape(cands["gold"].shape), sd.reshape(cands["gold"].shape)
-
-
 def choose(fits: dict, val: dict, kappas: list[float]) -> dict:
     """For each penalised variant, the kappa with the highest validation best-of-16 gold; and
     which of VRM's sds is ``vrm+penalty``."""
@@ -145,7 +140,7 @@ def choose(fits: dict, val: dict, kappas: list[float]) -> dict:
     for name, (fit, penalised) in VARIANTS.items():
         if not penalised:
             continue
-        mean, sd = moments(fits[fit], val)
+        mean, sd = bon.scores(fits[fit], val)
         gold = {k: bon.best_of_n(mean - k * sd, val["gold"], n).mean().item() for k in kappas}
         best = max(kappas, key=lambda k: (gold[k], -k))
         chosen[name] = {"kappa": best, "validation_gold": gold[best], "by_kappa": {str(k): g for k, g in gold.items()}}
@@ -159,7 +154,9 @@ def run_best_of_n(fits, chosen, cands, ns) -> dict:
                "oracle": bon.curves(cands["gold"], cands["gold"], cands["filler"], ns)}
     scored = {}  # fit -> (mean, sd), once: a Bayesian decoder's moments are Monte Carlo estimates
     for name, (fit, penalised) in VARIANTS.items():
-        mean, sd = scored.setdefault(fit, moments(fits[fit], cands))
+        if fit not in scored:
+            scored[fit] = bon.scores(fits[fit], cands)
+        mean, sd = scored[fit]
         kappa = chosen[name]["kappa"] if penalised else 0.0
         results[name] = bon.curves(mean - kappa * sd, cands["gold"], cands["filler"], ns)
     results["vrm+penalty"] = results[chosen["vrm+penalty"]["uncertainty"]]

@@ -113,7 +113,7 @@ def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOC
     held = [held_prompts[i % len(held_prompts)] for i in range(ppo_config.eval_rollouts)]
     gold_weights = true_weights if prompts is None else None  # simulated-text's prompts: gold is known
     summary = {f"{name}_start": value for name, value in measure(trainer, held, gold_weights).items()}
-    curve = [{"step": 0, **{k: v for k, v in _figures(summary, "_start").items()}}]
+    curve = [{"step": 0, **_figures(summary, "_start")}]
 
     def after_step(step: int) -> dict | None:
         if ppo_config.eval_every and step % ppo_config.eval_every == 0 and step < ppo_config.steps:
