@@ -51,7 +51,7 @@ from common import curve, load, output_dir, parser, plt, show, write_results
 
 import best_of_n as bon
 from pyro_vrm import (BackboneConfig, Ensemble, ModelConfig, PPOConfig, RewardModel, RunDir, load_backbone,
-                      ood_aurocs, reward_mean_sd, validation_split)
+                      ood_aurocs, validation_split)
 from pyro_vrm.policy import TinyPolicyConfig
 from pyro_vrm.pipeline import ppo_prompts
 from pyro_vrm.ppo_run import make_policy, run_ppo
@@ -60,6 +60,9 @@ from pyro_vrm.simulated_text import TextSimulationConfig, simulate_text
 KINDS = ("rm", "twin", "vrm")
 VRM_SDS = ("vrm+posterior-sd", "vrm+bayesian-decoder", "vrm+ensemble")
 MODELS = (*KINDS, *(f"{kind}+penalty" for kind in KINDS))
+# results.json's name for each figure of a PPO run's curve -> run_ppo's name for it
+PPO_CURVE = {"step": "step", "gold": "gold", "gold_se": "gold_se", "proxy": "reward", "objective": "objective",
+             "kl": "kl", "filler_rate": "filler_rate"}
 QUICK = {"members": 3, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 16, "val_pool": 16,
          "ppo_steps": 20, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
 
@@ -188,10 +191,7 @@ def run_all_ppo(args, fits, chosen, backbone, out) -> dict:
                               ppo_config, policy_config, progress=False, config={"model": name, "penalty": penalty},
                               initial_policy=(copy.deepcopy(model), tokenizer))
             points = summary["curve"]
-            results[penalty][name] = {"step": [p["step"] for p in points], "gold": [p["gold"] for p in points],
-                                      "gold_se": [p["gold_se"] for p in points],
-                                      "proxy": [p["reward"] for p in points], "objective": [p["objective"] for p in points],
-                                      "kl": [p["kl"] for p in points], "filler_rate": [p["filler_rate"] for p in points],
+            results[penalty][name] = {**{key: [p[field] for p in points] for key, field in PPO_CURVE.items()},
                                       "kappa": kappa, "beta": beta, "examples_end": summary["examples_end"]}
             print(f"ppo {penalty:7s} {name:13s} gold {points[0]['gold']:+.3f} -> {points[-1]['gold']:+.3f}, "
                   f"KL {points[-1]['kl']:.2f}, filler {points[-1]['filler_rate']:.2f}", flush=True)
@@ -199,16 +199,10 @@ def run_all_ppo(args, fits, chosen, backbone, out) -> dict:
 
 
 def run_ood(args, fits, backbone, prompts) -> dict:
-    def score(model):
-        def scored(ps, rs):
-            prompt_state, response_state, _ = backbone.encode(ps, rs)
-            return reward_mean_sd(model, prompt_state, response_state)
-        return scored
-
-    with_sd = {"rm+penalty": "rm-ensemble", "twin+penalty": "twin-ensemble", "vrm+posterior-sd": "vrm",
-               "vrm+bayesian-decoder": "vrm-bayesian-decoder", "vrm+ensemble": "vrm-ensemble"}
-    return {name: ood_aurocs(score(fits[fit]), prompts, args.ood_texts, seed=args.sample_seed)
-            for name, fit in with_sd.items()}
+    """The OOD AUROCs of every variant that ranks with an sd."""
+    return {name: ood_aurocs(RewardModel(fits[fit], backbone, {"kind": name}).score, prompts, args.ood_texts,
+                             seed=args.sample_seed)
+            for name, (fit, penalised) in VARIANTS.items() if penalised}
 
 
 def plot(results: dict, path) -> None:
