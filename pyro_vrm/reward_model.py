@@ -60,9 +60,13 @@ class RewardModel:
         return cls(model, load_backbone(config["backbone"], config["finetune"], adapters, device), config, kappa)
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], device: str | None = None, kappa: float = 0.0) -> RewardModel:
+    def from_runs(cls, run_dirs: list[str | Path], device: str | None = None, kappa: float = 0.0,
+                  reference: tuple[list[str], list[str]] | None = None) -> RewardModel:
         """An :class:`~pyro_vrm.ensemble.Ensemble` of the fits of several ``pyro-vrm train`` runs
-        on text data. They must share one backbone, not fine-tuned: the members read its states."""
+        on text data. They must share one backbone, not fine-tuned: the members read its states.
+        ``reference``, (prompts, responses) such as the training responses, puts the members on
+        one scale (:meth:`~pyro_vrm.ensemble.Ensemble.standardize`); without it they keep their
+        own, and the RM's arbitrary offsets count as disagreement."""
         runs = [_read_run(run_dir) for run_dir in run_dirs]
         for run_dir, (_, config, _) in zip(run_dirs, runs):
             if (config["finetune"] or {}).get("finetune", "none") != "none":
@@ -73,7 +77,11 @@ class RewardModel:
         members = [{k: v for k, v in config.items() if k not in ("backbone", "finetune")} for _, config, _ in runs]
         config = {"kind": "ensemble", "members": members, "backbone": runs[0][1]["backbone"], "finetune": None}
         backbone = load_backbone(config["backbone"], None, None, device)
-        return cls(Ensemble([model for model, _, _ in runs]), backbone, config, kappa)
+        ensemble = Ensemble([model for model, _, _ in runs])
+        if reference is not None:
+            prompt_state, response_state, _ = backbone.encode(list(reference[0]), list(reference[1]))
+            ensemble.standardize(prompt_state, response_state)
+        return cls(ensemble, backbone, config, kappa)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None, kappa: float = 0.0) -> RewardModel:

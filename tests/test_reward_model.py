@@ -91,6 +91,15 @@ def test_an_ensemble_of_runs_scores_the_mixture_of_its_members(run_dir, tmp_path
     assert torch.allclose(again[0], mean, atol=1e-6) and torch.allclose(again[1], sd, atol=1e-6)
 
 
+def test_an_ensemble_standardized_on_reference_text_has_its_members_on_one_scale(run_dir, tmp_path):
+    prompts, responses = PROMPTS * 3, [*RESPONSES, *RESPONSES[::-1], RESPONSES[0], RESPONSES[0] + " Thanks!"]
+    ensemble = RewardModel.from_runs([run_dir, run_dir], reference=(prompts, responses))
+    member, _ = RewardModel.from_run(run_dir).score(prompts, responses)
+    mean, sd = ensemble.score(prompts, responses)
+    assert torch.allclose(mean, (member - member.mean()) / member.std(), atol=1e-5)
+    assert abs(mean.mean().item()) < 1e-5 and abs(mean.std().item() - 1) < 1e-5
+
+
 def test_an_ensemble_needs_one_backbone(run_dir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
