@@ -23,7 +23,7 @@ from .simulated_text import FILLER, sample_responses
 __all__ = ["OOD_KINDS", "OTHER_FAMILY_PROMPTS", "ood_texts", "ood_aurocs"]
 
 OOD_KINDS = ("filler_only", "truncated", "other_family")
-OTHER_FAMILY_PROMPTS = [f"{template.format(t=topic)}" for template in
+OTHER_FAMILY_PROMPTS = [template.format(t=topic) for template in
                         ("Write a short poem about {t}.", "Tell me a bedtime story about {t}.", "Invent a riddle about {t}.")
                         for topic in ("a lighthouse", "autumn leaves", "a lost umbrella", "the night sky",
                                       "a brave snail", "an old piano")]
