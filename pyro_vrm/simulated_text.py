@@ -25,6 +25,7 @@ weights (true w), reward_chosen, reward_rejected (true rewards), filler_chosen, 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -301,8 +302,14 @@ def true_reward(prompt: str, response: str, weights: torch.Tensor | None = None,
         -3.0
     """
     w = family_weights(family_of(prompt)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    # the same float32 arithmetic as simulate_text's ``reward_scale * quality @ w`` (left to right)
-    return float((reward_scale * response_quality(response).unsqueeze(0) @ w)[0])
+    return _reward(response_quality(response), w, reward_scale)
+
+
+def _reward(quality: torch.Tensor, weights: torch.Tensor, reward_scale: float) -> float:
+    """``reward_scale * w . q`` in float64, correctly rounded (``math.fsum``): the same bits on every
+    machine. A float32 ``quality @ w`` goes through the BLAS kernel the processor selects, whose
+    rounding differs in the last bit between an AVX-512 and an AVX2 machine."""
+    return reward_scale * math.fsum(q * w for q, w in zip(quality.tolist(), weights.tolist()))
 
 
 def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> datasets.Dataset:
@@ -339,8 +346,10 @@ def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> data
             quality = torch.randint(-1, 2, (2, len(ASPECTS)), generator=g).float()
             while torch.equal(quality[0], quality[1]):  # two responses of the same quality: redraw
                 quality = torch.randint(-1, 2, (2, len(ASPECTS)), generator=g).float()
-            reward = c.reward_scale * quality @ w
-            first_wins = bool(torch.rand((), generator=g) < torch.sigmoid(reward[0] - reward[1]))
+            reward = [_reward(q, w, c.reward_scale) for q in quality]
+            # Bradley-Terry in float64 on machine-independent rewards, so that no label flips
+            # with the processor's rounding
+            first_wins = float(torch.rand((), generator=g)) < 1 / (1 + math.exp(reward[1] - reward[0]))
             win, lose = (0, 1) if first_wins else (1, 0)
             rate = 1 - c.filler_rate if split == "shifted" else c.filler_rate
             filler = [bool(torch.rand((), generator=g) < r) for r in (rate, 1 - rate)]
@@ -353,8 +362,8 @@ def simulate_text(config: TextSimulationConfig = TextSimulationConfig()) -> data
             rows["subset"].append(family)
             rows["split"].append(split)
             rows["weights"].append(w.tolist())
-            rows["reward_chosen"].append(float(reward[win]))
-            rows["reward_rejected"].append(float(reward[lose]))
+            rows["reward_chosen"].append(reward[win])
+            rows["reward_rejected"].append(reward[lose])
             rows["filler_chosen"].append(filler[0])
             rows["filler_rejected"].append(filler[1])
     return datasets.Dataset.from_dict(rows)
