@@ -11,15 +11,18 @@ DOCS_STAMP := $(VENV)/.installed-docs
 
 .PHONY: demo test docs report install clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the published figures were computed with.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e ".[dev]"
 	touch $(STAMP)
 
 $(DOCS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	$(PIP_INSTALL) -e ".[dev,docs]"
 	touch $(DOCS_STAMP)
 
 install: $(STAMP)

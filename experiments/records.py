@@ -6,6 +6,7 @@ Light on purpose: the benchmarks import it without the experiments' plotting and
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -26,15 +27,31 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+# The packages whose versions a figure can depend on; constraints.txt pins the versions of a fresh install.
+KEY_PACKAGES = ("pyro-ppl", "numpy", "scipy", "transformers", "datasets", "pyarrow", "accelerate", "peft", "arviz")
+
+
+def package_versions() -> dict[str, str]:
+    """The installed version of each of :data:`KEY_PACKAGES` (torch is recorded on its own)."""
+    versions = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def run_record() -> dict:
-    """What a results page says of a run: the command, the date, the commit and the machine."""
+    """What a results page says of a run: the command, the date, the commit, the machine and the
+    versions of torch and the key packages."""
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     machine = f"{cpu_name()}, {os.cpu_count()} cores, GPU: {gpu}"
     return {"command": " ".join(["python", *(Path(a).as_posix() for a in sys.argv[:1]), *sys.argv[1:]]),
             "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "packages": package_versions(), "threads": torch.get_num_threads()}
 
 
 def write_results(out: Path, results: dict, name: str = "results.json") -> None:

@@ -61,8 +61,9 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def provenance(record: dict) -> str:
     run = record["run"]
+    packages = "".join(f"{name} {version}, " for name, version in run.get("packages", {}).items())
     return (f"`{run['command']}` (run {run['date']}, commit `{run['commit']}`, {run['machine']}, "
-            f"torch {run['torch']}, {run['threads']} thread{'s' * (run['threads'] != 1)})")
+            f"torch {run['torch']}, {packages}{run['threads']} thread{'s' * (run['threads'] != 1)})")
 
 
 def printed(record: dict, plot: str | None = None) -> str:

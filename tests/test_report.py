@@ -18,7 +18,8 @@ def load_report():
 
 
 RUN = {"command": "python experiments/reward_hacking.py", "date": "2026-01-02", "commit": "abc1234",
-       "machine": "a CPU, 2 cores, GPU: none", "torch": "2.13.0", "threads": 1}
+       "machine": "a CPU, 2 cores, GPU: none", "torch": "2.13.0",
+       "packages": {"pyro-ppl": "1.9.2", "numpy": "2.4.6"}, "threads": 1}
 HEADER = ["model", "seeds", "test accuracy", "shifted accuracy", "hack rate"]
 ROWS = [["VRM", "3", "0.750 ± 0.010", "0.700 ± 0.020", "0.100 ± 0.010"],
         ["RM", "3", "0.830 ± 0.004", "0.424 ± 0.001", "0.290 ± 0.004"],
@@ -47,6 +48,7 @@ def test_the_report_renders_the_printed_table_with_its_provenance(tmp_path, caps
     assert page.startswith("# Title\n\nprose stays\n") and "old\n" not in page
     assert "| VRM | 3 | 0.750 ± 0.010 | 0.700 ± 0.020 | 0.100 ± 0.010 |" in page
     assert "`python experiments/reward_hacking.py` (run 2026-01-02, commit `abc1234`" in page
+    assert "GPU: none, torch 2.13.0, pyro-ppl 1.9.2, numpy 2.4.6, 1 thread)" in page  # the versions it ran with
     # the sentence is computed from the figures: 0.700 - 0.424 and 0.700 - 0.710
     assert "VRM's accuracy is +0.276 from the RM's and -0.010 from the deterministic twin's" in page
     assert "(not run yet" in page  # best_of_n has no results

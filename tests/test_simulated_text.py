@@ -87,10 +87,11 @@ def test_true_reward_reproduces_the_data_sets_rewards(data40):
     for row in data40:
         for side in ("chosen", "rejected"):
             assert true_reward(row["prompt"], row[side], row["weights"], scale) == row[f"reward_{side}"]
-            # so the parsed quality is the response's true quality (up to float32 rounding of w . q)
+            # so the parsed quality is the response's true quality (up to the rounding of w . q)
             q = response_quality(row[side])
             assert set(q.tolist()) <= {-1.0, 0.0, 1.0}
-            assert torch.isclose(scale * q @ torch.tensor(row["weights"]), torch.tensor(row[f"reward_{side}"]))
+            direct = scale * float(q.double() @ torch.tensor(row["weights"], dtype=torch.float64))
+            assert math.isclose(direct, row[f"reward_{side}"], rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
 
 
 def test_filler_is_neutral_and_junk_lowers_the_reward(data40):
