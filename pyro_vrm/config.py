@@ -100,6 +100,9 @@ class TrainConfig:
         "meanfield: closed-form KLs (TraceMeanField_ELBO); trace: Monte Carlo (Trace_ELBO)",
         choices=("meanfield", "trace")))
     num_particles: int = field(default=1, metadata=option("Monte Carlo samples L per ELBO estimate"))
+    jit: bool = field(default=True, metadata=option(
+        "compile VRM's loss with torch.jit.trace on its first minibatch: the same loss and draws, less Python "
+        "per step (--no-jit: run it eagerly, with Pyro's validation checks)"))
     seed: int = field(default=0, metadata=option("seed of initialisation and minibatch order"))
     log_every: int = field(default=10, metadata=option("steps between metrics.jsonl records"))
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints"))

@@ -96,7 +96,8 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     standardizer, targets = supervision_setup(train, cfg)
     aspects = (standardizer(train.chosen_scores), standardizer(train.rejected_scores)) \
         if model_config.observe_aspects else None
-    loss = VRMLoss(vrm, VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss, cfg.kl_weight), aspects)
+    loss = VRMLoss(vrm, VRMObjective(make_elbo(cfg), cfg.lambda_sup, cfg.sup_loss, cfg.kl_weight), aspects,
+                   jit=cfg.jit)
     config = {"kind": "vrm", "model": asdict(model_config), "train": asdict(cfg), "priors": priors.to_dict(),
               "priors_repr": repr(priors), "hidden_size": train.hidden_size,
               "num_objectives": model_config.num_objectives}

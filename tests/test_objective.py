@@ -117,3 +117,46 @@ def test_a_learned_aspect_noise_adds_its_prior_once(small_data):
     half_normal = torch.distributions.HalfNormal(2.0).log_prob(torch.ones(4)).sum()
     assert float(at_one - reference) == pytest.approx(float(-half_normal) / n, rel=1e-4)
     assert float(loss) != float(at_one)  # sigma_a enters the likelihood
+
+
+@pytest.mark.parametrize("case", [
+    {},                                                        # the recommended objective, aspects observed
+    {"lambda_sup": 0.1, "kl_weight": 1.0},                     # the paper's: supervision term, no aspects
+    {"elbo": "trace", "num_particles": 2},                     # Monte Carlo KLs, vectorized particles
+    {"bayesian_decoder": True, "concentration_hyperprior": (0.0, 1.0)},  # global latents (AutoNormal)
+])
+def test_the_compiled_loss_is_the_loss_with_the_same_draws_and_gradients(small_data, case):
+    model = {k: v for k, v in case.items() if k in ("bayesian_decoder",)}
+    model["observe_aspects"] = "lambda_sup" not in case
+    priors = Priors(concentration_hyperprior=case.get("concentration_hyperprior"))
+    train = {k: v for k, v in case.items() if k in ("lambda_sup", "kl_weight", "elbo", "num_particles")}
+    vrm, batch, n, standardizer = setup(small_data, priors, **model)
+    aspects = None if "lambda_sup" in case else (standardizer(small_data.train.chosen_scores),
+                                                 standardizer(small_data.train.rejected_scores))
+    if "lambda_sup" not in case:
+        batch = batch._replace(target=None)
+    losses = {}
+    for jit in (False, True):
+        cfg = TrainConfig(jit=jit, **train)
+        loss = VRMLoss(vrm, VRMObjective(make_elbo(cfg), cfg.lambda_sup, "kl", cfg.kl_weight), aspects, jit=jit)
+        for seed in (3, 4):  # the second call runs the compiled graph on fresh draws
+            vrm.zero_grad()
+            pyro.set_rng_seed(seed)
+            value = loss(batch, n)
+            value.backward()
+            losses[jit, seed] = (value.detach(), {k: p.grad.clone() for k, p in vrm.named_parameters()},
+                                 dict(loss.objective.terms))
+    for seed in (3, 4):
+        (eager, eager_grads, eager_terms), (compiled, grads, terms) = losses[False, seed], losses[True, seed]
+        assert torch.allclose(compiled, eager, rtol=1e-5), (seed, float(compiled), float(eager))
+        assert terms["loss"] == pytest.approx(float(eager), rel=1e-5)
+        assert terms["sup"] == pytest.approx(float(eager_terms["sup"]), rel=1e-5, abs=1e-7)
+        for name, grad in eager_grads.items():
+            assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), (seed, name)
+    assert losses[True, 3][0] != losses[True, 4][0]  # fresh draws, not a value frozen at tracing
+
+
+def test_jit_needs_the_traceable_elbo(small_data):
+    vrm, *_ = setup(small_data)
+    with pytest.raises(ValueError, match="config.jit"):
+        VRMLoss(vrm, VRMObjective(make_elbo(TrainConfig(jit=False)), 0.0, "kl"), jit=True)

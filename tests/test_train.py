@@ -71,6 +71,16 @@ def test_same_seed_same_fit_other_seed_other_fit(small_data):
     assert not all(torch.equal(x, y) for x, y in zip(a, third.parameters()))
 
 
+def test_a_jit_fit_is_the_same_fit(small_data, tmp_path):
+    eager, _ = fit_vrm(small_data.train, SMALL, quick(), progress=False)
+    run = RunDir(tmp_path / "jit")
+    compiled, _ = fit_vrm(small_data.train, SMALL, quick(jit=True), run=run, progress=False)
+    for (name, x), y in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), name  # 60 steps from the same draws
+    assert [r["step"] for r in run.read_metrics()] == list(range(10, 61, 10))
+    assert run.checkpoint_config()["train"]["jit"] is True
+
+
 def test_supervision_pulls_the_weights_towards_the_annotations(small_data):
     train = small_data.train
     _, targets = supervision_setup(train, TrainConfig())

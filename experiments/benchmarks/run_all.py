@@ -28,8 +28,10 @@ from records import write_results  # noqa: E402
 SETS = {
     "cpu": [
         ("svi_overhead", []),
-        ("svi_overhead", ["--no-validation"]),
         ("svi_overhead", ["--preset", "paper"]),
+        ("svi_overhead", ["--no-jit"]),
+        ("svi_overhead", ["--no-jit", "--no-validation"]),
+        ("svi_overhead", ["--no-jit", "--preset", "paper"]),
         ("step_vs_rm", []),
         ("step_vs_rm", ["--hidden-size", "2560"]),
         ("step_vs_rm", ["--mode", "lora", "--backbone", "tiny", "--repeats", "40"]),

@@ -8,14 +8,15 @@ objective is training's default (``--preset recommended``: the KL weight of ``Tr
 the batch's aspect scores observed with sigma_a learned under its HalfNormal prior, no supervision term), or
 ``--preset paper`` (KL weight 1, lambda 0.1, no aspect likelihood). Before timing, the two
 losses are checked equal on the same draws. Prints one JSON line ending with
-``"ratio": pyro_vrm / torch``.
+``"ratio": pyro_vrm / torch``. pyro_vrm's step is training's: by default the loss module compiled
+by ``torch.jit.trace`` on its first batch (compiled before timing), with ``--no-jit`` run eagerly.
 
 ``pyro.infer.SVI.step`` is not timed: it steps the parameters of Pyro's global param store,
 which pyro_vrm's module-local parameters are not in; the torch-optimizer loop timed here is the
 training loop.
 
     python experiments/benchmarks/svi_overhead.py [--batch-size 256] [--repeats 200] [--no-validation]
-                                                  [--preset recommended|paper]
+                                                  [--preset recommended|paper] [--no-jit]
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ def setup(batch_size: int, preset_name: str = "recommended", train_config: Train
     return vrm, r, train.batch(index, r.targets), len(train)
 
 
-def run(batch_size: int, preset_name: str, repeats: int):
-    """(median seconds of each step, the recipe, B): the loop's step and the hand-written one,
-    after checking that their losses agree on the same draws."""
-    vrm, r, batch, num_pairs = setup(batch_size, preset_name)
+def run(batch_size: int, preset_name: str, repeats: int, jit: bool = False):
+    """(median seconds of each step, the recipe, B): the loop's step (``jit``: compiled) and the
+    hand-written one, after checking that their losses agree on the same draws."""
+    vrm, r, batch, num_pairs = setup(batch_size, preset_name, TrainConfig(jit=jit))
     cfg, loss_module = r.train_config, r.loss(vrm)
 
     def by_hand() -> torch.Tensor:
@@ -128,14 +129,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--validation", action=argparse.BooleanOptionalAction, default=True,
                         help="Pyro's distribution and shape checks (on by default in Pyro)")
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=TrainConfig().jit,
+                        help="time the step compiled by torch.jit.trace, as training runs it by default")
     add_preset_argument(parser)
     args = parser.parse_args(argv)
     with pyro.validation_enabled(args.validation):
-        seconds, r, batch_size = run(args.batch_size, args.preset, args.repeats)
+        seconds, r, batch_size = run(args.batch_size, args.preset, args.repeats, args.jit)
     ours_s, torch_s = seconds["pyro_vrm"], seconds["torch"]
     result = {"benchmark": "svi_overhead", "preset": args.preset, **objective_fields(r),
               "batch_size": batch_size, "device": "cpu", "threads": torch.get_num_threads(),
-              "validation": args.validation, "pyro_vrm_ms": round(1e3 * ours_s, 3),
+              "validation": args.validation, "jit": args.jit, "pyro_vrm_ms": round(1e3 * ours_s, 3),
               "torch_ms": round(1e3 * torch_s, 3), "ratio": round(ours_s / torch_s, 3)}
     print(json.dumps(result))
     return result

@@ -54,7 +54,7 @@ class Recipe:
 
     def loss(self, vrm: VRM) -> VRMLoss:
         """The loss module the training loop steps."""
-        return VRMLoss(vrm, self.objective(), self.aspects)
+        return VRMLoss(vrm, self.objective(), self.aspects, jit=self.train_config.jit)
 
 
 def recipe(train, preset_name: str = "recommended", model_config: ModelConfig = ModelConfig(),
