@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pyro_vrm.data import ULTRAFEEDBACK_ASPECTS, DataError, load_preferences
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Few letters, so that equal responses (ties) are common; no newline, so that a response never
 # forms an HH turn marker.

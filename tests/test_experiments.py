@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vrm import simulated_text
+from pyro_vrm import cli, simulated_text
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = ["--steps", "20", "--log-every", "10", "--seeds", "1", "--max-length", "48"]
@@ -49,7 +49,9 @@ def test_script_writes_results_plot_and_table(name, scripts, small_text, tmp_pat
         assert (out / plot).stat().st_size > 1000
 
 
-def test_simulated_sweep_prints_every_configuration(scripts, tmp_path, capsys):
+def test_simulated_sweep_prints_every_configuration(scripts, tmp_path, capsys, monkeypatch):
+    original = cli.SimulationConfig  # a tenth of the simulated prompts: the sweep's bookkeeping is what is tested
+    monkeypatch.setattr(cli, "SimulationConfig", lambda **kw: original(**{"num_prompts": 250, **kw}))
     rows = scripts["vrm_vs_rm_simulated"].main(["--seeds", "0", "--steps", "5", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert len(rows) == len(scripts["vrm_vs_rm_simulated"].CONFIGS)
