@@ -211,10 +211,10 @@ def reward_run(tmp_path_factory):
     above, and against VRM's reward by ``experiments/ppo_demo.py``, whose runs are experiments."""
     root = tmp_path_factory.mktemp("ppo_reward")
     original = simulated_text.TextSimulationConfig
-    simulated_text.TextSimulationConfig = lambda seed=0: original(num_prompts=120, seed=seed)
+    simulated_text.TextSimulationConfig = lambda seed=0: original(num_prompts=40, seed=seed)
     try:
         assert main(["train", "--data", "simulated-text", "--out", str(root / "vrm"), "--cache-dir", str(root),
-                     "--max-length", "96", "--steps", "100", "--batch-size", "64", "--quiet"]) == 0
+                     "--max-length", "96", "--steps", "100", "--batch-size", "32", "--quiet"]) == 0
     finally:
         simulated_text.TextSimulationConfig = original
     return root / "vrm"
