@@ -21,10 +21,12 @@ first row's ``chosen`` is a list, else ``pairs`` with a ``prompt`` column and ``
     assistant said nothing) that the labeller preferred or rejected.
 ``ufc``
     binarized UltraFeedback, e.g. allenai/ultrafeedback_binarized_cleaned or
-    trl-lib/ultrafeedback_binarized: ``chosen`` and ``rejected`` are each a plain string, the
-    response, or a message list, whose final (assistant) message is the response. The prompt is
-    the ``prompt`` column, or without one the user turns before the final message joined by blank
-    lines (so plain-string responses need the column). ``score_chosen`` and ``score_rejected``,
+    trl-lib/ultrafeedback_binarized, and TRL's conversational preference format: ``chosen`` and
+    ``rejected`` are each a plain string, the response, or a message list, whose final (assistant)
+    message is the response. The prompt is the conversation before that message, rendered by
+    :func:`pyro_vrm.conversation.render_prompt` (every turn, roles kept, as an HH transcript);
+    where the responses carry no earlier turns, it is the ``prompt`` column, a string or a message
+    list (rendered the same way), so plain-string responses need the column. ``score_chosen`` and ``score_rejected``,
     where given, are the overall GPT-4 scores (1..10) of the two responses, read as the one aspect
     :data:`ULTRAFEEDBACK_OVERALL`: K=1 scores ``[score_chosen]`` and ``[score_rejected]``. A row whose
     two scores are equal is a tie; one whose chosen score is below its rejected score is kept as
@@ -52,6 +54,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .conversation import render_prompt
 
 __all__ = ["DROP_REASONS", "GIVEN_SCORES", "HH_ASSISTANT", "HH_HUMAN", "LAYOUTS", "OVERALL_COLUMNS", "PARSERS",
            "REQUIRED", "SCORE_COLUMNS", "ULTRAFEEDBACK_ASPECTS", "ULTRAFEEDBACK_OVERALL", "DataError", "Parser",
@@ -171,14 +175,14 @@ def _parse_ufc(ctx: RowContext, i: int, row: dict[str, Any]) -> dict[str, Any] |
     scored = OVERALL_COLUMNS[0] in row
     user, chosen = _response(ctx, i, "chosen", row["chosen"], allow_empty=scored)
     rejected_user, rejected = _response(ctx, i, "rejected", row["rejected"], allow_empty=scored)
-    if "prompt" in row:
-        user = ctx.text(i, "prompt", row["prompt"])
+    if user is None and "prompt" in row:
+        user = _prompt(ctx, i, row["prompt"])
     elif user is None or rejected_user is None:
-        raise ctx.error("is a plain string, so the prompt must be a column, but there is none",
+        raise ctx.error("is a plain string or a lone reply, so the prompt must be a column, but there is none",
                         i, "chosen" if user is None else "rejected")
     elif user != rejected_user:
-        raise ctx.error("user turns differ from those in chosen", i, "rejected")
-    pair = {"prompt": ctx.text(i, "prompt", user), "chosen": chosen, "rejected": rejected}
+        raise ctx.error("the turns before the reply differ from those in chosen", i, "rejected")
+    pair = {"prompt": user, "chosen": chosen, "rejected": rejected}
     if not scored:
         return pair
     scores = [[_overall(ctx, i, name, row[name])] for name in OVERALL_COLUMNS]  # K=1: ULTRAFEEDBACK_OVERALL
@@ -190,21 +194,33 @@ def _parse_ufc(ctx: RowContext, i: int, row: dict[str, Any]) -> dict[str, Any] |
 
 
 def _response(ctx: RowContext, i: int, name: str, value: Any, allow_empty: bool) -> tuple[str | None, str]:
-    """(the user turns before the response, None for a plain string; the response)."""
+    """(the rendered conversation before the response, None for a plain string or a lone reply; the
+    response)."""
     if isinstance(value, str):
         return None, ctx.text(i, name, value, allow_empty)
     return _final_reply(ctx, i, name, value, allow_empty)
 
 
-def _final_reply(ctx: RowContext, i: int, name: str, messages: Any, allow_empty: bool = False) -> tuple[str, str]:
+def _final_reply(ctx: RowContext, i: int, name: str, messages: Any, allow_empty: bool = False
+                 ) -> tuple[str | None, str]:
+    """(the rendered conversation before the final reply, None where there is none; the reply)."""
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise ctx.error(f"must be a string or a non-empty list of messages, got {messages!r:.60}", i, name)
     if messages[-1].get("role") != "assistant":
         raise ctx.error(f"the last message has role {messages[-1].get('role')!r}, expected 'assistant'",
                         i, f"{name}[-1].role")
-    user = [ctx.text(i, f"{name}[{j}].content", m.get("content"))
-            for j, m in enumerate(messages[:-1]) if m.get("role") == "user"]
-    return "\n\n".join(user), ctx.text(i, f"{name}[-1].content", messages[-1].get("content"), allow_empty)
+    reply = ctx.text(i, f"{name}[-1].content", messages[-1].get("content"), allow_empty)
+    return (_prompt(ctx, i, messages[:-1], name) if len(messages) > 1 else None), reply
+
+
+def _prompt(ctx: RowContext, i: int, value: Any, name: str = "prompt") -> str:
+    """A prompt: a non-blank string, or a message list rendered by ``render_prompt``."""
+    if isinstance(value, str):
+        return ctx.text(i, name, value)
+    try:
+        return render_prompt(value, name)
+    except ValueError as error:
+        raise ctx.error(str(error), i, name) from None
 
 
 def _overall(ctx: RowContext, i: int, name: str, value: Any) -> float:

@@ -155,14 +155,40 @@ def messages(user, reply):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
 
 
-def test_ufc_takes_the_final_assistant_message(tmp_path):
+RENDERED = "\n\nHuman: Name a colour\n\nAssistant:"  # the one rendering of [user: "Name a colour"]
+
+
+def test_ufc_takes_the_final_assistant_message_and_renders_the_turns_before_it(tmp_path):
     rows = [{"prompt": "Name a colour", "chosen": messages("Name a colour", "Blue"),
              "rejected": messages("Name a colour", "Seven")}]
     pairs, _ = load_preferences(write_jsonl(tmp_path / "ufc.jsonl", rows))
-    assert pairs.to_list() == [{"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven"}]
+    assert pairs.to_list() == [{"prompt": RENDERED, "chosen": "Blue", "rejected": "Seven"}]
     no_prompt = [{key: row[key] for key in ("chosen", "rejected")} for row in rows]
     pairs, _ = load_preferences(write_jsonl(tmp_path / "ufc2.jsonl", no_prompt), layout="ufc")
-    assert pairs[0]["prompt"] == "Name a colour"
+    assert pairs[0]["prompt"] == RENDERED
+
+
+def test_a_dialogue_as_messages_and_as_an_hh_transcript_is_one_prompt(tmp_path):
+    turns = [("user", "Hi"), ("assistant", "Hello! How can I help?"), ("system", "Be brief."),
+             ("user", "Name a colour")]
+    conversation = [{"role": role, "content": content} for role, content in turns]
+    transcript = "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nSystem: Be brief.\n\nHuman: Name a colour" \
+                 "\n\nAssistant:"
+    hh = [{"chosen": transcript + " Blue", "rejected": transcript + " Seven"}]
+    as_messages = [{"chosen": [*conversation, {"role": "assistant", "content": "Blue"}],
+                    "rejected": [*conversation, {"role": "assistant", "content": "Seven"}]}]
+    trl_conversational = [{"prompt": conversation, "chosen": [{"role": "assistant", "content": "Blue"}],
+                           "rejected": [{"role": "assistant", "content": "Seven"}]}]
+    loaded = [load_preferences(write_jsonl(tmp_path / f"{i}.jsonl", rows))[0].to_list()
+              for i, rows in enumerate((hh, as_messages, trl_conversational))]
+    assert loaded[0] == loaded[1] == loaded[2] == [{"prompt": transcript, "chosen": "Blue", "rejected": "Seven"}]
+
+
+def test_a_message_with_an_unknown_role_is_an_error_naming_it(tmp_path):
+    rows = [{"chosen": [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "a"}],
+             "rejected": messages("Hi", "b")}]
+    with pytest.raises(DataError, match=r"row 0, field 'chosen': chosen\[0\]\.role is 'bot'"):
+        load_preferences(write_jsonl(tmp_path / "ufc.jsonl", rows))
 
 
 def overall(prompt, chosen, rejected, score_chosen, score_rejected, form):
@@ -183,12 +209,13 @@ def overall_rows(form):
 @pytest.mark.parametrize("form", ["strings", "messages"])
 def test_ufc_overall_scores_are_one_aspect_and_equal_scores_a_tie(tmp_path, form):
     pairs, report = load_preferences(write_jsonl(tmp_path / "ufc.jsonl", overall_rows(form)))
+    rendered = (lambda p: p) if form == "strings" else (lambda p: f"\n\nHuman: {p}\n\nAssistant:")
     assert pairs.to_list() == [
-        {"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven", "scores_chosen": [8.5],
+        {"prompt": rendered("Name a colour"), "chosen": "Blue", "rejected": "Seven", "scores_chosen": [8.5],
          "scores_rejected": [3.0]},
-        {"prompt": "Capital of Peru?", "chosen": "Cusco", "rejected": "Lima", "scores_chosen": [4.0],
+        {"prompt": rendered("Capital of Peru?"), "chosen": "Cusco", "rejected": "Lima", "scores_chosen": [4.0],
          "scores_rejected": [6.5]},
-        {"prompt": "Say nothing", "chosen": "", "rejected": "Nothing.", "scores_chosen": [2.0],
+        {"prompt": rendered("Say nothing"), "chosen": "", "rejected": "Nothing.", "scores_chosen": [2.0],
          "scores_rejected": [1.0]},
     ]
     assert all(len(scores) == len(pyro_vrm.data.ULTRAFEEDBACK_OVERALL) == 1 for scores in pairs["scores_chosen"])
@@ -241,7 +268,7 @@ def test_ufc_one_score_without_the_other_is_an_error(tmp_path):
 def test_ufc_plain_string_responses_need_the_prompt_column(tmp_path):
     row = overall("p", "a", "b", 9.0, 2.0, "strings")
     del row["prompt"]
-    with pytest.raises(DataError, match="row 0, field 'chosen': is a plain string, so the prompt must be a column"):
+    with pytest.raises(DataError, match="row 0, field 'chosen': is a plain string or a lone reply, so the prompt must be"):
         load_preferences(write_jsonl(tmp_path / "ufc.jsonl", [row]))
 
 
@@ -250,7 +277,7 @@ def test_trl_ultrafeedback_binarized_hub_columns_are_detected(monkeypatch):
            for row in overall_rows("messages")]  # its hub layout: message lists, no prompt column
     monkeypatch.setattr(datasets, "load_dataset", lambda path, split: datasets.Dataset.from_list(hub))
     pairs, report = load_preferences("trl-lib/ultrafeedback_binarized")
-    assert pairs[0] == {"prompt": "Name a colour", "chosen": "Blue", "rejected": "Seven",
+    assert pairs[0] == {"prompt": RENDERED, "chosen": "Blue", "rejected": "Seven",
                         "scores_chosen": [8.5], "scores_rejected": [3.0]}
     assert (report.rows_read, report.pairs_kept, report.dropped) == (4, 3, {"tie": 1})
 

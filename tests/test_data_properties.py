@@ -156,9 +156,12 @@ def ufc_record(draw, with_prompt, strings, scored, bad):
     record = {"chosen": chosen, "rejected": rejected} if strings else {
         "chosen": turns + [{"role": "assistant", "content": chosen}],
         "rejected": turns + [{"role": "assistant", "content": rejected}]}
-    prompt = "\n\n".join(questions)
+    # message lists carry the conversation, rendered as an HH transcript: it is the prompt, column or not
+    prompt = "".join(f"\n\n{ {'user': 'Human', 'assistant': 'Assistant'}[t['role']]}: {t['content']}"
+                     for t in turns) + "\n\nAssistant:"
     if with_prompt:
-        prompt = record["prompt"] = draw(TEXT)
+        record["prompt"] = draw(TEXT)
+        prompt = record["prompt"] if strings else prompt
     if scored:
         record["score_chosen"], record["score_rejected"] = draw(OVERALL), draw(OVERALL)
     if not bad:
@@ -174,7 +177,10 @@ def ufc_record(draw, with_prompt, strings, scored, bad):
     kinds = ["not a list", "user content"] if not strings else ["not a list"]
     kinds += ["empty", "last role"] if not strings else []
     kinds += ["final content"] if not scored else []
-    kinds += ["prompt"] if with_prompt else ["other user turns", "plain string"]
+    if strings:  # the prompt column is the prompt
+        kinds += ["prompt"]
+    else:  # the turns before the reply are: they must agree, and a plain string needs a prompt column
+        kinds += ["other user turns"] + ([] if with_prompt else ["plain string"])
     kinds += ["score"] * 3 if scored else []  # weighted: a score out of 1..10 is the layout's own check
     kind = draw(st.sampled_from(kinds))
     if kind == "not a list":
