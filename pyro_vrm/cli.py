@@ -119,6 +119,9 @@ def train_command(args: argparse.Namespace) -> dict | None:
     """Fit, summarize, write the run folder. Under ``accelerate launch`` every process trains its
     share; the main process alone writes and returns the summary (the others return None)."""
     # Heavy imports here, so that argument errors answer at once.
+    import torch
+
+    from .ensemble import reward_statistics
     from .evaluate import summarize
     from .loop import process_state
     from .runs import RunDir, new_run_dir
@@ -161,6 +164,8 @@ def train_command(args: argparse.Namespace) -> dict | None:
     if state.is_main_process:
         train, test, extra = evaluation()
         summary = summarize(model, train, test, standardizer, truth, extra, train_config.sup_temperature)
+        summary["reward_statistics"] = reward_statistics(  # its own scale: what puts it in an ensemble
+            model, torch.cat([train.prompt_state] * 2), torch.cat([train.chosen_state, train.rejected_state]))
         summary.update({"model": args.model, "preset": args.preset, **_fitted_settings(args.model, run, priors),
                         "data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                         "run_dir": str(run.path)})
@@ -191,12 +196,14 @@ def _text_training(args: argparse.Namespace, state, config: dict, finetune: Fine
     text data; records the backbone and features in ``config``. With a frozen backbone the tables
     are cached states; with ``--finetune lora`` training reads text through the LoRA backbone,
     and evaluation featurizes every pair through the trained one."""
+    from .conversation import RENDERING, prompt_form
     from .pipeline import load_backbone, load_text_pairs, split_text, text_features
 
     backbone_config = from_arguments(BackboneConfig, args)
     config["backbone_config"], config["finetune_config"] = asdict(backbone_config), asdict(finetune)
     with state.main_process_first():  # the main process fills the caches, the others read them
         pairs, report = load_text_pairs(**_text_source(args))
+        config["rendering"], config["prompt_form"] = RENDERING, prompt_form(pairs["prompt"])
         if "split" in pairs.column_names and args.test_fraction is not None:
             raise ConfigError(f"--test-fraction: {args.data} has its own train/test split")
         backbone = load_backbone(backbone_config)

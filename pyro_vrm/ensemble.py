@@ -17,8 +17,9 @@ A Bradley-Terry reward is identified only up to a shift (and, under regularisati
 scale), so two seeds of the RM can differ by a constant that is no disagreement about any
 response. :meth:`Ensemble.standardize` puts every member on one scale first, as Gao et al. (2023)
 and Coste et al. (2023) normalise their reward models: member m's reward (and sd) becomes
-(r_m - a_m) / b_m, with a_m and b_m the mean and sd of its mean rewards on reference responses
-(the training responses, say). Until then a_m = 0 and b_m = 1.
+(r_m - a_m) / b_m, with a_m and b_m the mean and sd of its mean rewards on reference responses:
+its own training responses, whose :func:`reward_statistics` ``pyro-vrm train`` records, or any
+reference text. Until then a_m = 0 and b_m = 1.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 from .posterior import reward_posterior
 from .vrm import VRM
 
-__all__ = ["Ensemble", "reward_mean_sd"]
+__all__ = ["Ensemble", "reward_mean_sd", "reward_statistics"]
 
 
 class Ensemble(nn.Module):
@@ -52,11 +53,16 @@ class Ensemble(nn.Module):
     def standardize(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> Ensemble:
         """Set each member's a_m, b_m to the mean and sd of its mean rewards on the reference
         responses (states (N, H), N >= 2); returns the ensemble."""
-        if len(prompt_state) < 2:
-            raise ValueError(f"standardizing needs at least 2 reference responses, got {len(prompt_state)}")
-        means = torch.stack([reward_mean_sd(m, prompt_state, response_state)[0] for m in self.members])  # (M, N)
-        self.offset.copy_(means.mean(1))
-        self.scale.copy_(means.std(1).clamp_min(1e-12))
+        return self.set_statistics([reward_statistics(m, prompt_state, response_state) for m in self.members])
+
+    @torch.no_grad()
+    def set_statistics(self, statistics: list[dict]) -> Ensemble:
+        """Set a_m, b_m from each member's :func:`reward_statistics` (``mean``, ``sd``), such as
+        the ones its training run recorded; returns the ensemble."""
+        if len(statistics) != len(self.members):
+            raise ValueError(f"{len(statistics)} reward statistics for {len(self.members)} members")
+        self.offset.copy_(torch.tensor([s["mean"] for s in statistics]))
+        self.scale.copy_(torch.tensor([s["sd"] for s in statistics]).clamp_min(1e-12))
         return self
 
     @torch.no_grad()
@@ -89,3 +95,13 @@ def reward_mean_sd(model: nn.Module, prompt_state: torch.Tensor, response_state:
     model.eval()
     reward = model(prompt_state, response_state)
     return reward, torch.zeros_like(reward)
+
+
+@torch.no_grad()
+def reward_statistics(model: nn.Module, prompt_state: torch.Tensor, response_state: torch.Tensor) -> dict:
+    """``{"mean", "sd", "responses"}`` of a fit's mean reward over N >= 2 responses (states (N, H)):
+    what puts the fit on one scale with others (:meth:`Ensemble.set_statistics`)."""
+    if len(prompt_state) < 2:
+        raise ValueError(f"reward statistics need at least 2 responses, got {len(prompt_state)}")
+    means = reward_mean_sd(model, prompt_state, response_state)[0]
+    return {"mean": float(means.mean()), "sd": float(means.std()), "responses": len(means)}

@@ -2,11 +2,12 @@
 held-out prompts before and after training, their reward and its standard error, the KL to the
 reference, the share that carry simulated-text's planted filler, their length and, on
 simulated-text's own prompts, their gold reward (the simulator's true reward of the text, which
-no reward model sees).
+no reward model sees). The trained policy is saved in the run folder's ``policy/``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict
@@ -22,7 +23,10 @@ from .reward_model import RewardModel
 from .runs import RunDir
 from .simulated_text import FILLER, TextSimulationConfig, simulate_text, true_reward
 
-__all__ = ["load_reward", "make_policy", "measure", "run_ppo"]
+__all__ = ["POLICY_DIR", "load_reward", "make_policy", "measure", "run_ppo", "save_policy"]
+
+POLICY_DIR = "policy"
+"""The run folder's subfolder that holds the trained policy and its tokenizer."""
 
 # what a measurement on held prompts records at every point of the curve (``--eval-every``)
 CURVE = ("reward", "objective", "reward_sd", "kl", "gold", "gold_se", "filler_rate", "completion_words")
@@ -86,6 +90,17 @@ def _figures(figures: dict, suffix: str = "") -> dict:
     return {name: figures[name + suffix] for name in CURVE if name + suffix in figures}
 
 
+def save_policy(trainer: PPOTrainer, tokenizer, folder: Path) -> None:
+    """The trained policy and its tokenizer in ``folder`` (``save_pretrained``), so that
+    ``AutoModelForCausalLM.from_pretrained(folder)`` loads it; LoRA adapters are merged into the
+    base weights of a copy first, so that the folder needs no base model beside it."""
+    policy = trainer.policy
+    if trainer.config.lora:
+        policy = copy.deepcopy(policy).merge_and_unload()
+    policy.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOConfig(),
             policy_config: TinyPolicyConfig = TinyPolicyConfig(), policy: str | None = None,
             prompts: Path | None = None, progress: bool = True, config: dict | None = None,
@@ -125,6 +140,7 @@ def run_ppo(reward_model: RewardModel, run: RunDir, ppo_config: PPOConfig = PPOC
         return None
 
     trainer.train(train_prompts, run=run, progress=progress, after_step=after_step)
+    save_policy(trainer, tokenizer, run.path / POLICY_DIR)
     summary.update({f"{name}_end": value for name, value in measure(trainer, held, gold_weights).items()})
     if ppo_config.eval_every:
         summary["curve"] = [*curve, {"step": ppo_config.steps, **_figures(summary, "_end")}]

@@ -9,18 +9,24 @@ the same pass).
 ``save_pretrained(folder)`` writes ``config.json`` (the model's configuration and the backbone's
 id or path), ``model.safetensors`` and, for a backbone fine-tuned end to end, its LoRA adapters
 in ``adapters.safetensors``; ``from_pretrained(folder)`` reads them back. An instance
-is also a plain reward callable for TRL's ``GRPOTrainer``/``RLOOTrainer`` (``reward_funcs=[rm]``).
+is also a plain reward callable for TRL's ``GRPOTrainer``/``RLOOTrainer`` (``reward_funcs=[rm]``),
+on standard data sets (strings) and conversational ones (message lists), which it renders as its
+training data were rendered (:mod:`pyro_vrm.conversation`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_model
 
 from .backbone import Backbone
+from .conversation import prompt_text, response_text
 from .ensemble import Ensemble, reward_mean_sd
 from .finetune import save_adapter
 from .fits import build_fit, load_fit
@@ -63,24 +69,38 @@ class RewardModel:
     def from_runs(cls, run_dirs: list[str | Path], device: str | None = None, kappa: float = 0.0,
                   reference: tuple[list[str], list[str]] | None = None) -> RewardModel:
         """An :class:`~pyro_vrm.ensemble.Ensemble` of the fits of several ``pyro-vrm train`` runs
-        on text data. They must share one backbone, not fine-tuned: the members read its states.
-        ``reference``, (prompts, responses) such as the training responses, puts the members on
-        one scale (:meth:`~pyro_vrm.ensemble.Ensemble.standardize`); without it they keep their
-        own, and the RM's arbitrary offsets count as disagreement."""
+        on text data. They must share one backbone, not fine-tuned (the members read its states),
+        and one prompt form. The members are put on one scale, so that the RM's arbitrary offsets do
+        not count as disagreement: each by the mean and sd of its rewards on its own training
+        responses, which its run recorded (:meth:`~pyro_vrm.ensemble.Ensemble.set_statistics`),
+        or, given ``reference`` (prompts, responses), all on that text
+        (:meth:`~pyro_vrm.ensemble.Ensemble.standardize`). Runs that recorded no statistics, and
+        no reference, leave the members on their own scales, which is logged."""
         runs = [_read_run(run_dir) for run_dir in run_dirs]
+        first = runs[0][1]
         for run_dir, (_, config, _) in zip(run_dirs, runs):
             if (config["finetune"] or {}).get("finetune", "none") != "none":
                 raise ValueError(f"{run_dir}: its backbone is fine-tuned, so an ensemble's members cannot share it")
-            if config["backbone"] != runs[0][1]["backbone"]:
-                raise ValueError(f"{run_dir}: its backbone {config['backbone']} differs from that of "
-                                 f"{run_dirs[0]} ({runs[0][1]['backbone']})")
-        members = [{k: v for k, v in config.items() if k not in ("backbone", "finetune")} for _, config, _ in runs]
-        config = {"kind": "ensemble", "members": members, "backbone": runs[0][1]["backbone"], "finetune": None}
+            for key in ("backbone", "prompt_form"):
+                if config.get(key) != first.get(key):
+                    raise ValueError(f"{run_dir}: its {key} {config.get(key)} differs from that of "
+                                     f"{run_dirs[0]} ({first.get(key)})")
+        shared = ("backbone", "finetune", "prompt_form", "reward_statistics")
+        members = [{k: v for k, v in config.items() if k not in shared} for _, config, _ in runs]
+        config = {"kind": "ensemble", "members": members, "backbone": first["backbone"], "finetune": None,
+                  "prompt_form": first.get("prompt_form")}
         backbone = load_backbone(config["backbone"], None, None, device)
         ensemble = Ensemble([model for model, _, _ in runs])
         if reference is not None:
             prompt_state, response_state, _ = backbone.encode(list(reference[0]), list(reference[1]))
             ensemble.standardize(prompt_state, response_state)
+        elif all(config.get("reward_statistics") for _, config, _ in runs):
+            ensemble.set_statistics([config["reward_statistics"] for _, config, _ in runs])
+        else:
+            missing = [str(d) for d, (_, config, _) in zip(run_dirs, runs) if not config.get("reward_statistics")]
+            logging.getLogger(__name__).warning(
+                "%s recorded no reward statistics and no reference text was given: the ensemble's members keep "
+                "their own scales", ", ".join(missing))
         return cls(ensemble, backbone, config, kappa)
 
     @classmethod
@@ -103,15 +123,36 @@ class RewardModel:
             save_adapter(self.backbone, folder / ADAPTERS)
 
     @torch.no_grad()
-    def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and sd of the reward of each response to its prompt: (N,), (N,)."""
-        prompt_state, response_state, _ = self.backbone.encode(list(prompts), list(responses))
+    def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and sd of the reward of each response to its prompt: (N,), (N,).
+
+        Each prompt is a string or a conversation (a list of ``{"role", "content"}`` messages),
+        each response a string or one assistant message in a list; conversations are rendered as
+        the fit's training prompts were (:func:`pyro_vrm.conversation.prompt_text`).
+        """
+        texts = self._texts(prompts, responses, ("prompts", "responses"))
+        prompt_state, response_state, _ = self.backbone.encode(*texts)
         return reward_mean_sd(self.model, prompt_state, response_state)
 
-    def __call__(self, prompts: list[str], completions: list[str], **kwargs) -> list[float]:
-        """TRL's reward-function interface: one float per completion, mean - kappa * sd."""
-        mean, sd = self.score(prompts, completions)
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs) -> list[float]:
+        """TRL's reward-function interface: one float per completion, mean - kappa * sd. Prompts and
+        completions as TRL passes them, strings or message lists; TRL's other keyword arguments
+        (``completion_ids``, ``trainer_state``, the data set's columns) are accepted and unused."""
+        texts = self._texts(prompts, completions, ("prompts", "completions"))
+        mean, sd = self.score(*texts)
         return (mean - self.kappa * sd).tolist()
+
+    def _texts(self, prompts: Sequence[Any], responses: Sequence[Any], names: tuple[str, str]
+               ) -> tuple[list[str], list[str]]:
+        """Prompts and responses as text, each checked; ``names`` name the arguments in an error."""
+        for name, values in zip(names, (prompts, responses)):
+            if isinstance(values, (str, dict)) or not isinstance(values, Sequence):
+                raise TypeError(f"{name} must be a list (one item per response), got {type(values).__name__}")
+        if len(prompts) != len(responses):
+            raise ValueError(f"{names[0]} has {len(prompts)} items and {names[1]} {len(responses)}: one each per response")
+        form = self.config.get("prompt_form") or "conversation"  # a run from before forms were recorded: HH's
+        return ([prompt_text(p, form, f"{names[0]}[{i}]") for i, p in enumerate(prompts)],
+                [response_text(r, f"{names[1]}[{i}]") for i, r in enumerate(responses)])
 
 
 def _read_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict, dict | None]:
@@ -121,8 +162,10 @@ def _read_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict, dict | None]:
     if "backbone_config" not in train_config:
         raise ValueError(f"{run_dir} was trained on hidden states without text (--data simulated): "
                          "there is no backbone to score text with")
+    summary = run.read_json("summary.json") if (run.path / "summary.json").exists() else {}
     config = {**run.checkpoint_config(), "backbone": train_config["backbone_config"],
-              "finetune": train_config.get("finetune_config")}
+              "finetune": train_config.get("finetune_config"), "prompt_form": train_config.get("prompt_form"),
+              "reward_statistics": summary.get("reward_statistics")}
     return load_fit(run).model, config, run.checkpoint_state().get("adapters")
 
 

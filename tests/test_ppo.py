@@ -3,10 +3,12 @@ import math
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pyro_vrm import simulated_text
 from pyro_vrm.cli import main
 from pyro_vrm.pipeline import ppo_prompts
+from pyro_vrm.ppo_run import POLICY_DIR, save_policy
 from pyro_vrm.config import ConfigError
 from pyro_vrm.policy import TinyPolicyConfig, tiny_policy
 from pyro_vrm.ppo import (KLController, PPOConfig, PPOTrainer, RunningMoments, gae, masked_whiten, policy_loss,
@@ -162,7 +164,7 @@ def test_adaptive_beta_follows_the_controller():
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # raised inside peft
-def test_lora_trains_only_the_adapters_and_the_value_head():
+def test_lora_trains_only_the_adapters_and_the_value_head(tmp_path):
     trainer = one_word_trainer(lora=True, lora_rank=2, steps=3)
     model = trainer.accelerator.unwrap_model(trainer.model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -174,6 +176,12 @@ def test_lora_trains_only_the_adapters_and_the_value_head():
     rollout = trainer.generate(["say a word"] * 4)
     trainer._score_tokens(rollout)
     assert not torch.allclose(rollout.logprobs, rollout.ref_logprobs)
+    # saved, the adapters are merged: the folder alone gives the trained policy's logits
+    save_policy(trainer, trainer.tokenizer, tmp_path / "policy")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    ids = trainer.tokenizer(["say a word"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(saved(ids).logits, trainer.policy(input_ids=ids).logits, atol=1e-5)
 
 
 def test_reward_fn_of_the_wrong_shape_is_named():
@@ -222,12 +230,13 @@ def reward_run(tmp_path_factory):
 
 def test_measuring_along_the_way_leaves_training_as_it_was(reward_run, tmp_path):
     """``--eval-every`` adds a curve of held-out measurements without touching the training run's
-    random stream; and an ensemble of one run twice is that run (same mean and sd)."""
+    random stream (against an ensemble, which the run's recorded statistics standardize); and the
+    command leaves a policy that transformers loads and that generates."""
     short = ["--steps", "4", "--eval-rollouts", "16", "--rollouts-per-step", "8", "--minibatch-size", "8",
              "--max-new-tokens", "16", "--warm-start-steps", "20", "--quiet"]
-    assert main(["ppo", "--reward", str(reward_run), "--out", str(tmp_path / "plain"), *short]) == 0
-    assert main(["ppo", "--reward", str(reward_run), str(reward_run), "--out", str(tmp_path / "measured"),
-                 "--eval-every", "2", *short]) == 0
+    ensemble = [str(reward_run), str(reward_run)]
+    assert main(["ppo", "--reward", *ensemble, "--out", str(tmp_path / "plain"), *short]) == 0
+    assert main(["ppo", "--reward", *ensemble, "--out", str(tmp_path / "measured"), "--eval-every", "2", *short]) == 0
     plain, measured = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                        for run in ("plain", "measured"))
     # the command's record of a run: every step, finite, the KL from 0 at the start and within its bound
@@ -239,6 +248,11 @@ def test_measuring_along_the_way_leaves_training_as_it_was(reward_run, tmp_path)
     assert summary["rise_in_se"] == pytest.approx((summary["reward_end"] - summary["reward_start"]) / summary["reward_se"])
     assert all(math.isfinite(summary[k]) for k in ("gold_start", "gold_end", "filler_rate_start", "filler_rate_end"))
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["ppo_config"]["steps"] == 4
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / POLICY_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain" / POLICY_DIR)
+    query = tokenizer(["Any tips for saving money?"], return_tensors="pt")
+    out = policy.generate(**query, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > query.input_ids.shape[1] and tokenizer.decode(out[0, query.input_ids.shape[1]:]).strip()
     assert [r["step"] for r in measured] == [1, 2, 3, 4] and "held_gold" in measured[1] and "held_gold" not in measured[0]
     for a, b in zip(plain, measured):
         assert all(math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7) for key in a), (a, b)

@@ -1,6 +1,9 @@
 import json
+import math
+import re
 import shutil
 
+import datasets
 import pytest
 import torch
 
@@ -76,19 +79,65 @@ def test_a_point_estimate_scores_its_own_reward_with_no_sd(tmp_path, model):
     assert torch.equal(RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, RESPONSES)[0], mean)
 
 
-def test_an_ensemble_of_runs_scores_the_mixture_of_its_members(run_dir, tmp_path):
+def training_responses() -> tuple[list[str], list[str]]:
+    """The (prompt, response) of every training response of train_on_text's runs."""
+    data = simulated_text.simulate_text(simulated_text.TextSimulationConfig(num_prompts=12))
+    rows = [row for row in data if row["split"] == "train"]
+    return [r["prompt"] for r in rows] * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+
+
+def test_an_ensemble_of_runs_scores_the_mixture_of_its_members_each_on_its_own_scale(run_dir, tmp_path):
     other = train_on_text(tmp_path / "seed1", "--seed", "1")
-    members = [RewardModel.from_run(run_dir).score(PROMPTS, RESPONSES), RewardModel.from_run(other).score(PROMPTS, RESPONSES)]
+    prompts, responses = training_responses()
+    for run in (run_dir, other):  # each run recorded its reward statistics on its training responses
+        stats = json.loads((run / "summary.json").read_text())["reward_statistics"]
+        own, _ = RewardModel.from_run(run).score(prompts, responses)
+        assert stats["responses"] == len(responses)
+        assert stats["mean"] == pytest.approx(own.mean().item(), abs=1e-4)
+        assert stats["sd"] == pytest.approx(own.std().item(), rel=1e-3)
+        alone, _ = RewardModel.from_runs([run]).score(prompts, responses)  # no reference text handed
+        assert abs(alone.mean().item()) < 1e-3 and alone.std().item() == pytest.approx(1, abs=1e-3)
+    members = [RewardModel.from_run(run).score(PROMPTS, RESPONSES) for run in (run_dir, other)]
+    scales = [json.loads((run / "summary.json").read_text())["reward_statistics"] for run in (run_dir, other)]
     ensemble = RewardModel.from_runs([run_dir, other])
     assert ensemble.kind == "ensemble" and len(ensemble.config["members"]) == 2
     mean, sd = ensemble.score(PROMPTS, RESPONSES)
-    means = torch.stack([m for m, _ in members])
-    within = torch.stack([s for _, s in members]).pow(2).mean(0)
-    assert torch.allclose(mean, means.mean(0), atol=1e-6)
-    assert torch.allclose(sd**2, within + means.var(0, correction=0), atol=1e-6)
+    means = torch.stack([(m - s["mean"]) / s["sd"] for (m, _), s in zip(members, scales)])
+    within = torch.stack([sd / s["sd"] for (_, sd), s in zip(members, scales)]).pow(2).mean(0)
+    assert torch.allclose(mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(sd**2, within + means.var(0, correction=0), atol=1e-5)
     ensemble.save_pretrained(tmp_path / "saved")
     again = RewardModel.from_pretrained(tmp_path / "saved").score(PROMPTS, RESPONSES)
     assert torch.allclose(again[0], mean, atol=1e-6) and torch.allclose(again[1], sd, atol=1e-6)
+
+
+def test_a_conversation_is_scored_as_the_training_prompts_were_rendered(run_dir, tmp_path):
+    rm = RewardModel.from_run(run_dir)  # simulated-text: plain-text prompts
+    assert rm.config["prompt_form"] == "text"
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS]
+    replies = [[{"role": "assistant", "content": r}] for r in RESPONSES]
+    assert rm(prompts=messages, completions=replies, completion_ids=[[1], [2]], trainer_state=None) == \
+        rm(prompts=PROMPTS, completions=RESPONSES)
+    with pytest.raises(ValueError, match=r"prompts\[0\] is a conversation of the roles \['user', 'assistant', 'user'\]"
+                                         r", but this reward model was trained on plain-text prompts"):
+        rm(prompts=[[*messages[0], replies[0][0], *messages[1]]], completions=RESPONSES[:1])
+    rm.config["prompt_form"] = "conversation"  # as a run on HH-RLHF or message lists records it
+    transcript = [f"\n\nHuman: {p}\n\nAssistant:" for p in PROMPTS]
+    assert torch.equal(rm.score(messages, replies)[0], rm.score(transcript, RESPONSES)[0])
+
+
+@pytest.mark.parametrize("prompts, completions, error", [
+    ("How?", ["Fine."], r"TypeError: prompts must be a list \(one item per response\), got str"),
+    (["How?", 3], ["a", "b"], r"TypeError: prompts\[1\] must be a string or a list of \{'role', 'content'\} messages, got int"),
+    (["How?"], [[{"role": "user", "content": "a"}]], r"ValueError: completions\[0\] must be one assistant message"),
+    (["How?"], ["a", "b"], r"ValueError: prompts has 1 items and completions 2"),
+    ([[{"role": "robot", "content": "a"}]], ["b"], r"ValueError: prompts\[0\]\[0\]\.role is 'robot'"),
+])
+def test_what_trl_cannot_pass_is_named(run_dir, prompts, completions, error):
+    rm = RewardModel.from_run(run_dir)
+    with pytest.raises((TypeError, ValueError)) as info:
+        rm(prompts=prompts, completions=completions)
+    assert re.search(error, f"{info.type.__name__}: {info.value}")
 
 
 def test_an_ensemble_standardized_on_reference_text_has_its_members_on_one_scale(run_dir, tmp_path):
@@ -108,3 +157,30 @@ def test_an_ensemble_needs_one_backbone(run_dir, tmp_path):
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"{other}: its backbone .* differs from that of {run_dir}"):
         RewardModel.from_runs([run_dir, other])
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_trls_grpo_trainer_trains_against_the_reward_model(run_dir, tmp_path, conversational):
+    """The client users plug a reward model into: TRL's GRPOTrainer, on a standard data set
+    (``{"prompt": str}``) and a conversational one (``{"prompt": [messages]}``)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pyro_vrm.policy import TinyPolicyConfig, tiny_policy
+
+    rm = RewardModel.from_run(run_dir)
+    policy, tokenizer = tiny_policy([*PROMPTS, *RESPONSES], TinyPolicyConfig(policy_layers=1, policy_width=16))
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the policy's own form
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS] if conversational else PROMPTS
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=8, max_steps=2, use_cpu=True, report_to="none", logging_steps=1,
+                      save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = GRPOTrainer(model=policy, reward_funcs=[rm], args=args, processing_class=tokenizer,
+                          train_dataset=datasets.Dataset.from_dict({"prompt": prompts * 2}))
+    trainer.train()
+    logged = [record["rewards/vrm_reward/mean"] for record in trainer.state.log_history
+              if "rewards/vrm_reward/mean" in record]
+    assert len(logged) == 2 and all(math.isfinite(r) for r in logged)
+    # the last batch's rewards are the reward model's scores of what TRL passed it
+    texts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
+    assert isinstance(completions[0], list) == conversational
+    assert list(trainer._logs["rewards"]["vrm_reward"]) == pytest.approx(rm(texts, completions), abs=1e-5)
