@@ -33,8 +33,15 @@ PROMPT_FORMS = ("text", "conversation")
 
 
 def is_conversation(value: Any) -> bool:
-    """Whether ``value`` has the shape of a message list (a list of dicts)."""
+    """Whether ``value`` has the shape of a message list (a non-empty list of dicts)."""
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def _kind(value: Any) -> str:
+    """What a value that is no message list is, for an error."""
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list of " + ", ".join(sorted({type(m).__name__ for m in value}))
+    return type(value).__name__
 
 
 def _turns(messages: list[dict], where: str) -> list[tuple[str, str]]:
@@ -60,7 +67,7 @@ def render_prompt(messages: list[dict], where: str = "prompt") -> str:
         '\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Tell me a joke.\n\nAssistant:'
     """
     if not is_conversation(messages):
-        raise ValueError(f"{where} must be a non-empty list of messages, got {type(messages).__name__}")
+        raise ValueError(f"{where} must be a non-empty list of messages, got {_kind(messages)}")
     turns = _turns(messages, where)
     if turns[-1][0] == "assistant":
         raise ValueError(f"{where}[-1] is an assistant message: a prompt ends before the response it asks for")
@@ -75,7 +82,7 @@ def render_response(messages: list[dict], where: str = "response") -> str:
         'Sure.'
     """
     if not is_conversation(messages):
-        raise ValueError(f"{where} must be a non-empty list of messages, got {type(messages).__name__}")
+        raise ValueError(f"{where} must be a non-empty list of messages, got {_kind(messages)}")
     turns = _turns(messages, where)
     if len(turns) != 1 or turns[0][0] != "assistant":
         raise ValueError(f"{where} must be one assistant message, got the roles {[role for role, _ in turns]}")
@@ -101,7 +108,7 @@ def prompt_text(value: Any, form: str, where: str) -> str:
         return value
     if not is_conversation(value):
         raise TypeError(f"{where} must be a string or a list of {{'role', 'content'}} messages, "
-                        f"got {type(value).__name__}")
+                        f"got {_kind(value)}")
     if form == "conversation":
         return render_prompt(value, where)
     turns = _turns(value, where)
@@ -117,5 +124,5 @@ def response_text(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if not is_conversation(value):
-        raise TypeError(f"{where} must be a string or a list with one assistant message, got {type(value).__name__}")
+        raise TypeError(f"{where} must be a string or a list with one assistant message, got {_kind(value)}")
     return render_response(value, where)

@@ -124,6 +124,10 @@ def test_a_conversation_is_scored_as_the_training_prompts_were_rendered(run_dir,
     rm.config["prompt_form"] = "conversation"  # as a run on HH-RLHF or message lists records it
     transcript = [f"\n\nHuman: {p}\n\nAssistant:" for p in PROMPTS]
     assert torch.equal(rm.score(messages, replies)[0], rm.score(transcript, RESPONSES)[0])
+    dialogue = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, *messages[0]]
+    as_hh = f"\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: {PROMPTS[0]}\n\nAssistant:"
+    features = [rm.backbone.encode(*rm._texts([p], RESPONSES[:1], ("prompts", "responses"))) for p in (dialogue, as_hh)]
+    assert all(torch.equal(a, b) for a, b in zip(features[0][:2], features[1][:2]))  # the same hidden states
 
 
 @pytest.mark.parametrize("prompts, completions, error", [
