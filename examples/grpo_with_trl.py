@@ -88,11 +88,11 @@ def main(argv=None) -> dict:
 
     # 3. GRPO: TRL samples 8 completions a prompt and calls reward_model(prompts=..., completions=...).
     num_generations = 8
-    config = GRPOConfig(output_dir=str(args.out / "grpo"), max_steps=args.steps, learning_rate=3e-4,
+    config = GRPOConfig(output_dir=str(args.out / "grpo"), max_steps=args.steps, learning_rate=3e-4, beta=args.beta,
                         per_device_train_batch_size=args.prompts_per_step * num_generations,
                         num_generations=num_generations, max_completion_length=args.max_completion_length,
-                        beta=args.beta, temperature=1.0, use_cpu=True, report_to="none", logging_steps=10, save_strategy="no",
-                        disable_tqdm=True, seed=args.seed)
+                        temperature=1.0, use_cpu=True, bf16=False, report_to="none", logging_steps=10,
+                        save_strategy="no", disable_tqdm=True, seed=args.seed)
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward_model], args=config, processing_class=tokenizer,
                           train_dataset=datasets.Dataset.from_dict({"prompt": train_prompts}))
     trainer.train()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.utils import AutocastKwargs
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.util import get_rng_state, set_rng_state
 from torch import nn
@@ -141,7 +142,10 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     from the loss module and returns the record to log, to which ``monitor()`` adds its own.
     Returns when the loop ends; the parameters are updated in place.
     """
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Full precision whatever mixed precision the process's shared accelerate state holds (a TRL
+    # trainer run before sets bf16): Pyro's Dirichlet has no bf16 kernel, and a fit must not depend
+    # on what ran before it.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[AutocastKwargs(enabled=False)])
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")

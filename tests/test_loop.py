@@ -241,3 +241,19 @@ def test_two_processes_train_lora_adapters_as_one_process_does(tiny_causal_lm, t
     assert any(t.abs().sum() > 0 for name, t in one["adapters"].items() if "lora_B" in name)
     for name in one["module"]:
         assert torch.allclose(two["module"][name], one["module"][name], atol=1e-5), name
+
+
+def test_a_fit_is_in_full_precision_whatever_mixed_precision_the_process_holds(tmp_path):
+    """accelerate's state is one per process: a TRL trainer run before a fit leaves bf16 in it. The
+    loop opts out of autocast, so the fit is the one a fresh process makes (and Pyro's Dirichlet,
+    which has no bf16 kernel, samples at all)."""
+    script = ("import sys; from accelerate import Accelerator; Accelerator(cpu=True, mixed_precision='bf16'); "
+              "from pyro_vrm.cli import main; sys.exit(main(sys.argv[1:]))")
+    run = [*TRAIN, "--steps", "20", "--batch-size", "64"]
+    proc = subprocess.run([sys.executable, "-c", script, *run, "--out", str(tmp_path / "bf16")], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    in_process(*run, "--out", str(tmp_path / "fresh"))
+    after, fresh = checkpoint(tmp_path / "bf16")["module"], checkpoint(tmp_path / "fresh")["module"]
+    for name in fresh:
+        assert torch.allclose(after[name], fresh[name], atol=1e-6), name

@@ -176,7 +176,7 @@ def test_trls_grpo_trainer_trains_against_the_reward_model(run_dir, tmp_path, co
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the policy's own form
     prompts = [[{"role": "user", "content": p}] for p in PROMPTS] if conversational else PROMPTS
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
-                      max_completion_length=8, max_steps=2, use_cpu=True, report_to="none", logging_steps=1,
+                      max_completion_length=8, max_steps=2, use_cpu=True, bf16=False, report_to="none", logging_steps=1,
                       save_strategy="no", disable_tqdm=True, seed=0)
     trainer = GRPOTrainer(model=policy, reward_funcs=[rm], args=args, processing_class=tokenizer,
                           train_dataset=datasets.Dataset.from_dict({"prompt": prompts * 2}))
