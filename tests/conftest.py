@@ -1,3 +1,5 @@
+import warnings
+
 import pyro
 import pytest
 import torch
@@ -5,6 +7,16 @@ from transformers import AutoModel, AutoTokenizer, Qwen3Config
 
 from pyro_vrm.backbone import resolve_backbone
 from pyro_vrm.simulation import SimulationConfig, simulate
+
+
+def pytest_configure(config):
+    """ArviZ 0.23 writes a once-a-day stamp file on its first import of the day, and two processes
+    importing it at once race on that file (one fails with FileNotFoundError). The controller imports
+    it before pytest-xdist starts the workers, so they find today's stamp and only read it."""
+    if not hasattr(config, "workerinput"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
