@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- report:(?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=key) -->)", re.S)
 # script -> the plot it draws, copied beside its results
 PLOTS = {"fig3_supervision_loss": "fig3.png", "fig4_vrm_vs_rm": "fig4.png", "fig5_lambda": "fig5.png",
-         "best_of_n": "best_of_n.png", "overoptimisation": "overoptimisation.png"}
+         "best_of_n": "best_of_n.png", "overoptimisation": "overoptimisation.png", "sbc": "sbc.png"}
 BENCHMARK_SETS = ("cpu", "gpu")
 
 
@@ -214,6 +214,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "fig3_supervision_loss": lambda r: printed(r, PLOTS["fig3_supervision_loss"]),
     "fig4_vrm_vs_rm": lambda r: printed(r, PLOTS["fig4_vrm_vs_rm"]),
     "fig5_lambda": lambda r: printed(r, PLOTS["fig5_lambda"]),
+    "sbc": lambda r: printed(r, PLOTS["sbc"]),
 }
 
 

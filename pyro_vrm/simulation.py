@@ -24,6 +24,7 @@ The simulator, fixed before any model is compared on it:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,7 @@ from .features import PairBatch, PreferenceFeatures, split_by_prompt
 from .metrics import oracle_accuracy
 from .model import SITES, LinearDecoder, Priors, model
 
-__all__ = ["SimulationConfig", "SimulatedData", "simulate"]
+__all__ = ["SimulationConfig", "SimulatedData", "simulate", "PriorSimulationConfig", "simulate_from_prior"]
 
 NUISANCE_DIM = 8
 
@@ -154,4 +155,90 @@ def simulate(config: SimulationConfig = SimulationConfig()) -> SimulatedData:
         test=features.select(splits["test"]),
         decoder=decoder,
         truth={s: {k: v[i] for k, v in truth.items()} for s, i in splits.items()},
+    )
+
+
+@dataclass(frozen=True)
+class PriorSimulationConfig:
+    """Data drawn from the VRM model's own prior and likelihood (:func:`simulate_from_prior`), for
+    simulation-based calibration."""
+
+    num_pairs: int = field(default=6000, metadata={"help": "pairs (train + held out), one prompt each"})
+    held_out: int = field(default=1000, metadata={"help": "pairs held out (the SBC replicates)"})
+    num_objectives: int = field(default=4, metadata={"help": "K, objectives and aspects"})
+    latent_dim: int = field(default=16, metadata={"help": "true semantic feature dimension"})
+    hidden_size: int = field(default=64, metadata={"help": "H, size of the hidden states"})
+    score_scale: float = field(default=0.8, metadata={"help": "sd of each true score s_k(z); sigma_a^2 = 1 - it^2"})
+    state_noise: float = field(default=0.1, metadata={"help": "noise sd on hidden states"})
+    seed: int = field(default=0, metadata={"help": "seed of the simulator"})
+
+    @property
+    def aspect_noise(self) -> float:
+        """sigma_a: the aspect scores have variance s_k's + sigma_a^2 = 1 under the prior."""
+        return math.sqrt(1.0 - self.score_scale**2)
+
+
+def simulate_from_prior(priors: Priors = Priors(),
+                        config: PriorSimulationConfig = PriorSimulationConfig()) -> SimulatedData:
+    """Draw a data set from :func:`pyro_vrm.model.model` itself, run forward under ``priors``,
+    as simulation-based calibration needs (the prompt-type simulator of :func:`simulate` is not
+    the model's prior).
+
+    Each pair has its own prompt, since the model draws w per pair: w ~ Dirichlet(alpha0)
+    (under a hyperprior, alpha0 too), z_c, z_r ~ p(z), y ~ Bernoulli(sigmoid(r_c - r_r)) with a
+    true linear decoder whose rows of A have norm ``score_scale`` and b = 0; pairs where y = 0 are
+    swapped, so that the chosen response won, as in real data. Aspect scores are
+    a ~ N(s(z), sigma_a^2) with sigma_a^2 = 1 - score_scale^2: under a standard-Normal p(z) each
+    aspect has mean 0 and variance 1, so a fit's standardization of the scores is the identity up
+    to sampling error, and the model a fit assumes is the one that drew the data. Hidden states
+    are made as :func:`simulate` makes them. The last ``held_out`` pairs are the test split; the
+    truth holds sigma_a as ``aspect_noise`` (a (K,) tensor per split).
+
+    Examples:
+        >>> data = simulate_from_prior(config=PriorSimulationConfig(num_pairs=50, held_out=10))
+        >>> len(data.train), len(data.test), data.train.hidden_size
+        (40, 10, 64)
+    """
+    c = config
+    if c.num_pairs <= c.held_out or c.held_out < 1 or not 0 < c.score_scale < 1:
+        raise ValueError("simulate_from_prior needs 0 < held_out < num_pairs and 0 < score_scale < 1")
+    g = torch.Generator().manual_seed(c.seed)
+    K, d, n = c.num_objectives, c.latent_dim, c.num_pairs
+
+    decoder = LinearDecoder(d, K)
+    with torch.no_grad():
+        a = torch.randn(K, d, generator=g)
+        decoder.weight.copy_(c.score_scale * a / a.norm(dim=-1, keepdim=True))
+        decoder.bias.zero_()
+    decoder.requires_grad_(False).eval()
+
+    batch = PairBatch(torch.arange(n), *(torch.empty(n, 0),) * 3)
+    with poutine.seed(rng_seed=c.seed):
+        trace = poutine.trace(model).get_trace(batch, decoder, priors)
+    w = trace.nodes[SITES["weights"]]["value"]
+    z = torch.stack([trace.nodes[SITES["chosen"]]["value"], trace.nodes[SITES["rejected"]]["value"]])
+    rewards = torch.stack([trace.nodes["chosen_reward"]["value"], trace.nodes["rejected_reward"]["value"]])
+    lost = trace.nodes[SITES["preference"]]["value"] == 0
+    z[:, lost], rewards[:, lost] = z.flip(0)[:, lost], rewards.flip(0)[:, lost]
+    with torch.no_grad():
+        _, scores = decoder(w, z)
+    aspects = scores + c.aspect_noise * torch.randn(scores.shape, generator=g)
+
+    prompt_latent = torch.cat([K * w - 1, torch.randn(n, NUISANCE_DIM, generator=g)], -1)
+    embed_prompt = _random_embedding(prompt_latent.shape[-1], c.hidden_size, g)
+    embed_response = _random_embedding(d + prompt_latent.shape[-1], c.hidden_size, g)
+
+    def noisy(x):
+        return x + c.state_noise * torch.randn(x.shape, generator=g)
+
+    features = PreferenceFeatures(noisy(embed_prompt(prompt_latent)),
+                                  noisy(embed_response(torch.cat([z[0], prompt_latent], -1))),
+                                  noisy(embed_response(torch.cat([z[1], prompt_latent], -1))),
+                                  torch.arange(n), aspects[0], aspects[1])
+    truth = {"objective_weights": w, "chosen_features": z[0], "rejected_features": z[1],
+             "chosen_reward": rewards[0], "rejected_reward": rewards[1]}
+    splits = {"train": torch.arange(n - c.held_out), "test": torch.arange(n - c.held_out, n)}
+    return SimulatedData(
+        config=c, train=features.select(splits["train"]), test=features.select(splits["test"]),
+        decoder=decoder, truth={s: {k: v[i] for k, v in truth.items()} for s, i in splits.items()},
     )

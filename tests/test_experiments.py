@@ -24,7 +24,7 @@ SCRIPTS = {
 @pytest.fixture(scope="module")
 def scripts():
     sys.path.insert(0, str(EXPERIMENTS))
-    yield {name: importlib.import_module(name) for name in [*SCRIPTS, "vrm_vs_rm_simulated"]}
+    yield {name: importlib.import_module(name) for name in [*SCRIPTS, "vrm_vs_rm_simulated", "sbc"]}
     sys.path.remove(str(EXPERIMENTS))
 
 
@@ -58,3 +58,16 @@ def test_simulated_sweep_prints_every_configuration(scripts, tmp_path, capsys, m
     assert all(f"| {row['config']} |" in printed for row in rows)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [row[0] for row in saved["table"]["rows"]] == [row["config"] for row in rows]
+
+
+def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
+    results = scripts["sbc"].main(["--steps", "10", "--pairs", "400", "--held-out", "200", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| default | recommended |" in printed and "| paper | paper |" in printed
+    saved = json.loads((tmp_path / "results.json").read_text())
+    keys = {"w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue", "margin_contraction", "w_contraction"}
+    for fit in ("default", "paper"):
+        assert keys <= set(saved[fit]) and saved[fit]["pairs"] == 200
+        assert all(0 <= saved[fit][k] <= 1 for k in keys if k.endswith("pvalue"))
+    assert saved["paper"]["preset"] == "paper" and results["default"]["preset"] == "recommended"
+    assert (tmp_path / "sbc.png").stat().st_size > 1000 and (tmp_path / "sbc_paper.png").exists()

@@ -54,3 +54,24 @@ def test_hidden_states_carry_the_latents():
     x1 = torch.cat([x, torch.ones(len(x), 1)], -1)
     coef = torch.linalg.lstsq(x1, w).solution
     assert pearson(x1 @ coef, w) > 0.8
+
+
+def test_data_from_the_prior_follow_the_models_own_story():
+    from pyro_vrm.model import Priors
+    from pyro_vrm.simulation import PriorSimulationConfig, simulate_from_prior
+
+    config = PriorSimulationConfig(num_pairs=4000, held_out=1000, seed=1)
+    data = simulate_from_prior(Priors(concentration=2.0), config)
+    assert (len(data.train), len(data.test)) == (3000, 1000)
+    w = torch.cat([data.truth[s]["objective_weights"] for s in ("train", "test")])
+    # Dirichlet(2, 2, 2, 2): mean 1/4, variance 2 * 6 / (8^2 * 9) per weight
+    assert torch.allclose(w.mean(0), torch.full((4,), 0.25), atol=0.01)
+    assert torch.allclose(w.var(0), torch.full((4,), 12 / 576), rtol=0.1)
+    # the winner is chosen, and the aspect scores are standardized by construction
+    truth = data.truth["train"]
+    assert (truth["chosen_reward"] > truth["rejected_reward"]).float().mean() > 0.55
+    scores = torch.cat([data.train.chosen_scores, data.train.rejected_scores])
+    assert torch.allclose(scores.mean(0), torch.zeros(4), atol=0.05)
+    assert torch.allclose(scores.std(0), torch.ones(4), atol=0.05)
+    residual = data.train.chosen_scores - data.decoder(truth["objective_weights"], truth["chosen_features"])[1]
+    assert abs(float(residual.std()) - config.aspect_noise) < 0.02

@@ -1,0 +1,86 @@
+"""Simulation-based calibration of VRM's amortized posterior, for the package default and the
+paper's objective: data drawn from the model's own prior and likelihood (one data set, 1000
+held-out pairs), each preset fitted once, then every held-out pair is a replicate. For each: the
+chi-square p-values of the ranks of w, of the margin r_c - r_r and of log p(y, a | latents), the
+posterior contraction and z-scores, and the fit's test accuracy and log loss beside the true
+rewards' (the oracle's). Writes results.json, sbc.png (the default's ECDF differences with
+simultaneous 95% bands) and sbc_paper.png.
+
+    python experiments/sbc.py [--steps 1000] [--pairs 6000] [--held-out 1000] [--num-draws 99] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import torch  # noqa: E402
+
+from records import show, write_results  # noqa: E402
+from pyro_vrm import ModelConfig, Priors, TrainConfig, evaluate_predictions, fit_vrm, predict, preset  # noqa: E402
+from pyro_vrm.evaluate import Predictions  # noqa: E402
+from pyro_vrm.diagnostics import plot_sbc_ecdf, simulation_based_calibration  # noqa: E402
+from pyro_vrm.simulation import PriorSimulationConfig, simulate_from_prior  # noqa: E402
+
+# results.json key -> the preset it fits
+PRESETS = {"default": "recommended", "paper": "paper"}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=TrainConfig().steps)
+    p.add_argument("--pairs", type=int, default=PriorSimulationConfig().num_pairs, help="pairs, train + held out")
+    p.add_argument("--held-out", type=int, default=PriorSimulationConfig().held_out)
+    p.add_argument("--num-draws", type=int, default=99, help="draws of q per pair, L (L + 1 a multiple of --bins)")
+    p.add_argument("--bins", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulator and of the fits")
+    p.add_argument("--out", type=Path, default=Path("experiments/out/sbc"))
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(1)
+    priors = Priors()
+    sim = PriorSimulationConfig(num_pairs=args.pairs, held_out=args.held_out, seed=args.seed)
+    data = simulate_from_prior(priors, sim)
+    truth = data.truth["test"]
+    oracle = evaluate_predictions(predict_truth(truth))
+    results = {"simulation": {**sim.__dict__, "aspect_noise": sim.aspect_noise}, "priors": repr(priors),
+               "oracle": {"accuracy": oracle["accuracy"]["accuracy"], "log_loss": oracle["calibration"]["log_loss"]}}
+    rows, figures = [], {}
+    for key, name in PRESETS.items():
+        model_config, train_config = preset(name, ModelConfig(), TrainConfig(steps=args.steps, seed=args.seed))
+        vrm, standardizer = fit_vrm(data.train, model_config, train_config, priors, progress=False)
+        torch.manual_seed(args.seed)
+        sbc = simulation_based_calibration(vrm, data, standardizer, args.num_draws, args.bins)
+        ranks = sbc.pop("ranks")
+        ev = evaluate_predictions(predict(vrm, data.test))
+        results[key] = {**sbc, "preset": name, "test_accuracy": ev["accuracy"]["accuracy"],
+                        "test_log_loss": ev["calibration"]["log_loss"], "ece": ev["calibration"]["ece"]}
+        figures[key] = ranks
+        rows.append([key, name, *(f"{sbc[k]:.3g}" for k in ("w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue")),
+                     *(f"{sbc[k]:.3f}" for k in ("w_contraction", "margin_contraction")),
+                     f"{sbc['margin_zscore_mean']:.2f} / {sbc['margin_zscore_sd']:.2f}",
+                     f"{ev['accuracy']['accuracy']:.3f}", f"{ev['calibration']['log_loss']:.3f}"])
+    show(results, ["fit", "preset", "w rank p", "margin rank p", "log-lik rank p", "w contraction",
+                   "margin contraction", "margin z-score mean / sd", "test accuracy", "test log loss"], rows)
+    print(f"\n{len(data.test)} held-out pairs; the true rewards' accuracy {results['oracle']['accuracy']:.3f}, "
+          f"log loss {results['oracle']['log_loss']:.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for key, ranks in figures.items():
+        fig = plot_sbc_ecdf(ranks, args.num_draws)
+        fig.suptitle(f"SBC ranks, {key} ({PRESETS[key]} preset): ECDF - uniform, 95% simultaneous band", y=1.02)
+        fig.savefig(args.out / ("sbc.png" if key == "default" else f"sbc_{key}.png"), dpi=90, bbox_inches="tight")
+    write_results(args.out, results)
+    return results
+
+
+def predict_truth(truth: dict):
+    """The simulator's true rewards as predictions (what no model can beat in expectation)."""
+    r_c, r_r = truth["chosen_reward"], truth["rejected_reward"]
+    return Predictions(r_c, r_r, torch.sigmoid(r_c - r_r), (r_c - r_r).abs())
+
+
+if __name__ == "__main__":
+    main()
