@@ -5,7 +5,7 @@ Every script runs with no arguments on the offline default (MiniLM features of s
 ``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
 ../shared/data), ``--backbone`` any transformers model. The models compared are named as in
 :data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-paper`` (the paper's objective), ``rm``,
-``rm-tuned`` and ``twin``.
+``rm-tuned``, ``rm-temperature`` (the RM with a temperature fitted on validation pairs) and ``twin``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from records import show, table, write_results  # noqa: E402,F401  (the scripts import them from here)
 from pyro_vrm import (BackboneConfig, ModelConfig, RunDir, TrainConfig, fit_reward_model,  # noqa: E402
-                      fit_tuned_reward_model, fit_twin, fit_vrm, load_text_features, pairwise_accuracy, pearson,
+                      fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm, load_text_features, pairwise_accuracy, pearson,
                       predict, preset, split_text, supervision_setup, supervision_target, weight_means)
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test-even.jsonl.gz"
@@ -37,9 +37,10 @@ SHARED = {"hh": HH, "uf": UF}
 
 # name -> (model kind, preset): the models an experiment can compare
 MODELS = {"vrm": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"), "rm": ("rm", "recommended"),
-          "rm-tuned": ("rm-tuned", "recommended"), "twin": ("twin", "recommended")}
+          "rm-tuned": ("rm-tuned", "recommended"), "rm-temperature": ("rm-temperature", "recommended"),
+          "twin": ("twin", "recommended")}
 LABELS = {"vrm": "VRM", "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
-          "twin": "twin"}
+          "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
 
 
 def parser(description: str, steps: int = 1000, seeds: int | None = 1,
@@ -105,6 +106,9 @@ def curve(name: str, data: dict, out: Path, seed: int = 0, steps: int = 1000, lo
     elif kind == "rm-tuned":
         model, _ = fit_tuned_reward_model(data["train"], model_config, config, run=run, progress=False,
                                           monitor=monitor)
+    elif kind == "rm-temperature":
+        model, _ = fit_temperature_scaled_reward_model(data["train"], model_config, config, run=run, progress=False,
+                                                       monitor=monitor)
     else:
         model = fit_reward_model(data["train"], model_config, config, run=run, progress=False, monitor=monitor)
     return run.read_metrics(), model

@@ -34,6 +34,7 @@ _PUBLIC = {
     # fit
     "ModelConfig": "config", "TrainConfig": "config", "BackboneConfig": "config", "preset": "config",
     "PRESETS": "config", "fit_vrm": "train", "fit_reward_model": "train", "fit_tuned_reward_model": "train",
+    "fit_temperature_scaled_reward_model": "train",
     "fit_twin": "train", "supervision_setup": "train", "resolve_model_config": "train", "RunDir": "runs", "load_fit": "fits", "load_vrm": "vrm",
     "VRMObjective": "objective", "VRMLoss": "objective", "KLWeight": "objective", "make_elbo": "objective",
     "minibatches": "loop", "Standardizer": "supervision", "supervision_loss": "supervision",

@@ -22,7 +22,7 @@ from .simulation import SimulationConfig
 __all__ = ["main", "build_parser"]
 
 PPO_DEMO_REWARD = Path("runs/vrm-simulated-text")
-MODELS = ("vrm", "rm", "rm-tuned", "twin")
+MODELS = ("vrm", "rm", "rm-tuned", "rm-temperature", "twin")
 DATA_HELP = ("'simulated' (hidden states drawn from the VRM model), 'simulated-text' (generated "
              "preference text, see simulated_text.py), a local .jsonl/.json/.parquet/.csv[.gz] file, "
              "or a hub id such as openbmb/UltraFeedback")
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="vrm", choices=MODELS,
                        help="vrm: the variational reward model; rm: the Bradley-Terry baseline; rm-tuned: the "
                             "baseline with its weight decay chosen on validation pairs carved from the training "
-                            "pairs; twin: VRM's structure fitted by maximum likelihood, without latent noise or KL")
+                            "pairs; rm-temperature: the baseline with a temperature fitted on such validation pairs "
+                            "(calibrated, same ranking); twin: VRM's structure fitted by maximum likelihood, without latent noise or KL")
     train.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
                        help="recommended: aspects observed when the data carry them, KL weight below 1 (the "
                             "defaults below); paper: the paper's objective exactly (KL weight 1, lambda 0.1, no "
@@ -126,7 +127,8 @@ def train_command(args: argparse.Namespace) -> dict | None:
     from .loop import process_state
     from .runs import RunDir, new_run_dir
     from .simulation import simulate
-    from .train import fit_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm
+    from .train import (fit_reward_model, fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin,
+                        fit_vrm)
 
     state = process_state()
     if args.out is None and (args.resume or state.num_processes > 1):
@@ -158,6 +160,8 @@ def train_command(args: argparse.Namespace) -> dict | None:
         model, standardizer = fit_twin(train, model_config, train_config, priors, **fit)
     elif args.model == "rm-tuned":
         model, selection = fit_tuned_reward_model(train, model_config, train_config, **fit)
+    elif args.model == "rm-temperature":
+        model, selection = fit_temperature_scaled_reward_model(train, model_config, train_config, **fit)
     else:
         model = fit_reward_model(train, model_config, train_config, **fit)
     summary = None
@@ -169,8 +173,10 @@ def train_command(args: argparse.Namespace) -> dict | None:
         summary.update({"model": args.model, "preset": args.preset, **_fitted_settings(args.model, run, priors),
                         "data": args.data, "train_pairs": len(train), "test_pairs": len(test),
                         "run_dir": str(run.path)})
-        if selection is not None:
+        if args.model == "rm-tuned":
             summary["weight_decay_selection"] = selection
+        elif args.model == "rm-temperature":
+            summary["temperature_selection"] = selection
         run.write_json("summary.json", summary)
     if state.num_processes > 1:  # leave together, the process group closed, not torn down at exit
         state.wait_for_everyone()
@@ -187,7 +193,7 @@ def _fitted_settings(model: str, run, priors: Priors) -> dict:
                 "observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
     if model == "twin":
         return {"observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
-    return {"weight_decay": saved["train"]["weight_decay"]}
+    return {"weight_decay": saved["train"]["weight_decay"], "temperature": saved.get("temperature", 1.0)}
 
 
 def _text_training(args: argparse.Namespace, state, config: dict, finetune: FinetuneConfig, seed: int,

@@ -2,7 +2,7 @@
 
 Three kinds are fitted (``kind`` in the checkpoint's config.json): ``vrm``
 (:class:`pyro_vrm.vrm.VRM`), ``rm`` (the Bradley-Terry :class:`pyro_vrm.baseline.RewardHead`,
-tuned or not) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`); a saved reward model can
+tuned or temperature-scaled) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`); a saved reward model can
 also hold an ``ensemble`` of fits (:class:`pyro_vrm.ensemble.Ensemble`, its members' configs
 under ``members``). Evaluation and the reward model read fits through here, without the training
 code.
@@ -46,7 +46,7 @@ def build_fit(config: dict) -> nn.Module:
         return build_vrm(config)
     model = ModelConfig(**config["model"])
     if kind == "rm":
-        return RewardHead(config["hidden_size"], model.width, model.depth)
+        return RewardHead(config["hidden_size"], model.width, model.depth, config.get("temperature", 1.0))
     if kind == "twin":
         learn = bool(model.observe_aspects) and Priors.from_dict(config["priors"]).aspect_noise is None
         return DeterministicTwin(config["hidden_size"], config["num_objectives"], model.latent_dim, model.width,

@@ -1,6 +1,6 @@
 """Fitting: VRM by stochastic variational inference, and the controls it is measured against
-(the Bradley-Terry RM, the RM with its weight decay tuned on validation pairs, and the
-deterministic twin), all through the one loop of :mod:`pyro_vrm.loop` on the same minibatches,
+(the Bradley-Terry RM, the RM with its weight decay tuned on validation pairs, the RM with a
+temperature fitted on validation pairs, and the deterministic twin), all through the one loop of :mod:`pyro_vrm.loop` on the same minibatches,
 optimizer and step budget.
 
 Each fit seeds everything first, so a fit is a function of its data and configuration.
@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from .baseline import BradleyTerryLoss, RewardHead
+from .baseline import BradleyTerryLoss, RewardHead, fit_temperature
 from .config import ModelConfig, TrainConfig
 from .features import PreferenceFeatures, validation_split
 from .loop import Checkpointing, optimize, seed_everything
@@ -26,7 +26,7 @@ from .twin import DeterministicTwin, TwinLoss
 from .vrm import VRM
 
 __all__ = ["supervision_setup", "resolve_model_config", "fit_vrm", "fit_reward_model", "fit_twin", "WEIGHT_DECAY_GRID",
-           "fit_tuned_reward_model", "validation_log_likelihood"]
+           "fit_tuned_reward_model", "fit_temperature_scaled_reward_model", "validation_log_likelihood"]
 
 # Weight decays the tuned RM chooses from, on validation pairs carved from the training pairs.
 WEIGHT_DECAY_GRID = (0.0, 1e-4, 1e-3, 1e-2, 0.1)
@@ -111,19 +111,24 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
 def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
                      train_config: TrainConfig = TrainConfig(), run: RunDir | None = None,
                      progress: bool = True, monitor: Callable[[RewardHead], dict] | None = None,
-                     resume: bool = False) -> RewardHead:
+                     resume: bool = False, temperature: float = 1.0) -> RewardHead:
     """Fit the Bradley-Terry head to ``train`` with the loop, minibatches and optimizer VRM uses
     (``train``: cached states, or TextPairs whose LoRA adapters train with the head); write
     metrics and checkpoints to ``run`` (``resume``: go on from its checkpoint). ``monitor(head)``
-    adds its metrics to every logged record, as in :func:`fit_vrm`."""
+    adds its metrics to every logged record, as in :func:`fit_vrm`. The head is fitted at
+    temperature 1; ``temperature`` (recorded in the checkpoint's config) divides its rewards
+    afterwards."""
     cfg = train_config
     seed_everything(cfg.seed)
     head = RewardHead(train.hidden_size, model_config.width, model_config.depth)
     config = {"kind": "rm", "model": asdict(model_config), "train": asdict(cfg), "hidden_size": train.hidden_size}
+    if temperature != 1.0:
+        config["temperature"] = temperature
     loss = BradleyTerryLoss(head)
     optimize(loss, train, cfg, checkpointing=_checkpointing(run, config, head, None, resume),
              metrics=lambda batch: loss.metrics(), progress=progress,
              monitor=(lambda: monitor(head)) if monitor else None, desc="bradley-terry")
+    head.temperature = float(temperature)
     return head
 
 
@@ -197,3 +202,28 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
                      checkpoint_every=min(train_config.checkpoint_every, best["steps"]))
     head = fit_reward_model(train, model_config, chosen, run=run, progress=progress, monitor=monitor, resume=resume)
     return head, table
+
+
+def fit_temperature_scaled_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
+                                        train_config: TrainConfig = TrainConfig(), validation_fraction: float = 0.2,
+                                        run: RunDir | None = None, progress: bool = True,
+                                        monitor: Callable[[RewardHead], dict] | None = None,
+                                        resume: bool = False) -> tuple[RewardHead, dict]:
+    """The RM with a temperature fitted on validation pairs (Guo et al. 2017), the cheap rival of
+    a calibrated posterior: the head is fitted to the training pairs less a
+    ``validation_fraction`` of their prompts, T minimizes the log loss of its validation margins
+    (:func:`pyro_vrm.baseline.fit_temperature`), and the head refitted on all of ``train`` with
+    the same configuration divides its rewards by T. Returns the head and the selection
+    (temperature, validation log-likelihood before and after)."""
+    fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
+    head = fit_reward_model(fit_part, model_config, train_config, progress=False)
+    with torch.no_grad():
+        margins = head(validation.prompt_state, validation.chosen_state) \
+            - head(validation.prompt_state, validation.rejected_state)
+    temperature = fit_temperature(margins)
+    selection = {"temperature": temperature,
+                 "validation_log_lik": float(torch.nn.functional.logsigmoid(margins).mean()),
+                 "validation_log_lik_scaled": float(torch.nn.functional.logsigmoid(margins / temperature).mean())}
+    head = fit_reward_model(train, model_config, train_config, run=run, progress=progress, monitor=monitor,
+                            resume=resume, temperature=temperature)
+    return head, selection

@@ -1,7 +1,8 @@
+import pytest
 import torch
 from torch.nn.functional import logsigmoid
 
-from pyro_vrm.baseline import BradleyTerryLoss, RewardHead, bradley_terry_loss
+from pyro_vrm.baseline import BradleyTerryLoss, RewardHead, bradley_terry_loss, fit_temperature
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.evaluate import summarize
 from pyro_vrm.features import PairBatch
@@ -45,3 +46,26 @@ def test_reward_model_learns_the_simulated_preferences(small_data, tmp_path):
     assert summary["test_accuracy"] <= summary["oracle_accuracy"] + 0.05
     assert RunDir(tmp_path).checkpoint_config()["kind"] == "rm"
     assert [m["step"] for m in RunDir(tmp_path).read_metrics()] == [50, 100, 150]
+
+
+def test_fit_temperature_recovers_the_temperature_that_drew_the_outcomes():
+    g = torch.Generator().manual_seed(0)
+    margins = 3 * torch.randn(20000, generator=g)
+    true_temperature = 2.5
+    chosen_won = torch.rand(20000, generator=g) < torch.sigmoid(margins / true_temperature)
+    oriented = torch.where(chosen_won, margins, -margins)  # r_chosen - r_rejected, as data records it
+    assert fit_temperature(oriented) == pytest.approx(true_temperature, rel=0.05)
+    # margins that carry no signal: T runs to the bound, P(chosen wins) to 1/2
+    assert fit_temperature(torch.tensor([1.0, -1.0, 2.0, -2.0]), bounds=(0.01, 100.0)) == pytest.approx(100.0, rel=1e-3)
+    with pytest.raises(ValueError, match="at least one"):
+        fit_temperature(torch.empty(0))
+
+
+def test_a_temperature_divides_the_rewards_and_must_be_positive():
+    head = RewardHead(hidden_size=3, width=8, depth=1)
+    states = torch.randn(4, 3), torch.randn(4, 3)
+    plain = head(*states)
+    head.temperature = 4.0
+    assert torch.allclose(head(*states), plain / 4)
+    with pytest.raises(ValueError, match="temperature .* must be positive"):
+        RewardHead(hidden_size=3, width=8, depth=1, temperature=0.0)

@@ -198,3 +198,13 @@ def test_finetune_lora_trains_the_adapters_with_vrm_end_to_end(tiny_causal_lm, t
     assert main(["evaluate", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation["splits"]["test"]["accuracy"]["accuracy"] == summary["test_accuracy"]
+
+
+def test_the_temperature_scaled_rm_records_its_temperature_in_the_summary_and_checkpoint(tmp_path, capsys):
+    out = tmp_path / "rm-temperature"
+    assert main(["train", "--model", "rm-temperature", "--out", str(out), *TINY]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    selection = summary["temperature_selection"]
+    assert summary["temperature"] == selection["temperature"] > 0
+    assert selection["validation_log_lik_scaled"] >= selection["validation_log_lik"]
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["temperature"] == selection["temperature"]

@@ -13,7 +13,9 @@ from pyro_vrm.model import Priors
 from pyro_vrm.objective import VRMObjective, make_elbo
 from pyro_vrm.posterior import pair_posterior, reward_posterior
 from pyro_vrm.runs import RunDir
-from pyro_vrm.train import fit_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm, supervision_setup
+from pyro_vrm.fits import load_fit
+from pyro_vrm.train import (fit_reward_model, fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin,
+                             fit_vrm, supervision_setup)
 from pyro_vrm.vrm import VRM, load_vrm
 
 SMALL = ModelConfig(latent_dim=4, width=32, depth=1)
@@ -218,3 +220,25 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(sma
         fit_vrm(train, SMALL, quick(checkpoint_every=5), run=RunDir(tmp_path), progress=False)
     assert (tmp_path / "checkpoint" / "params.pt").exists()
     assert not list(tmp_path.glob("checkpoint/.*.tmp"))
+
+
+def test_the_temperature_scaled_rm_keeps_the_ranking_and_calibrates_an_overfit_head(small_data, tmp_path):
+    config = quick(steps=300, lr=1e-2)  # long enough on few pairs to be overconfident
+    train = small_data.train.select(torch.arange(150))
+    head, selection = fit_temperature_scaled_reward_model(train, SMALL, config, run=RunDir(tmp_path), progress=False)
+    plain = fit_reward_model(train, SMALL, config, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(head.parameters(), plain.parameters()))  # the same fit
+    assert head.temperature == selection["temperature"] > 1  # overconfident: T spreads P(chosen wins) out
+    assert selection["validation_log_lik_scaled"] >= selection["validation_log_lik"]
+    test = small_data.test
+    states = test.prompt_state, test.chosen_state, test.rejected_state
+    with torch.no_grad():
+        margin_plain = plain(states[0], states[1]) - plain(states[0], states[2])
+        margin = head(states[0], states[1]) - head(states[0], states[2])
+    assert torch.allclose(margin, margin_plain / head.temperature)
+    log_loss = lambda m: float(-torch.nn.functional.logsigmoid(m).mean())  # noqa: E731
+    assert log_loss(margin) < log_loss(margin_plain)
+    saved = load_fit(RunDir(tmp_path))
+    assert RunDir(tmp_path).checkpoint_config()["temperature"] == head.temperature
+    with torch.no_grad():
+        assert torch.allclose(saved.model(states[0], states[1]), head(states[0], states[1]))
