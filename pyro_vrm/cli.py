@@ -189,8 +189,11 @@ def _fitted_settings(model: str, run, priors: Priors) -> dict:
     weight, lambda and priors, and for VRM and the twin whether aspects were observed."""
     saved = run.checkpoint_config()
     if model == "vrm":
-        return {"kl_weight": saved["train"]["kl_weight"], "lambda_sup": saved["train"]["lambda_sup"],
-                "observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
+        settings = {"kl_weight": saved["train"]["kl_weight"], "lambda_sup": saved["train"]["lambda_sup"],
+                    "observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
+        if "kl_weight_selection" in saved:
+            settings["kl_weight_selection"] = saved["kl_weight_selection"]
+        return settings
     if model == "twin":
         return {"observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
     return {"weight_decay": saved["train"]["weight_decay"], "temperature": saved.get("temperature", 1.0)}

@@ -91,8 +91,10 @@ class TrainConfig:
     lr_decay: float = field(default=0.1, metadata=option("final lr / initial lr; geometric decay"))
     clip_norm: float = field(default=10.0, metadata=option("per-parameter gradient norm clip"))
     weight_decay: float = field(default=0.0, metadata=option("L2 weight decay of every parameter (Adam)"))
-    kl_weight: float = field(default=0.01, metadata=option(
-        "beta, weight of every KL term of the ELBO, local and global (1: the paper's ELBO)"))
+    kl_weight: float | str = field(default=0.01, metadata=option(
+        "beta, weight of every KL term of the ELBO, local and global (1: the paper's ELBO); auto: chosen per data "
+        "set from pyro_vrm.train.KL_WEIGHT_GRID by the held-out log-likelihood of validation pairs carved from the "
+        "training pairs, then refitted on all of them"))
     lambda_sup: float = field(default=0.0, metadata=option("lambda, weight of the softmax supervision of w"))
     sup_loss: str = field(default="kl", metadata=option("supervision loss", choices=SUPERVISION_LOSSES))
     sup_temperature: float = field(default=1.0, metadata=option("softmax temperature T of the target"))
@@ -108,8 +110,13 @@ class TrainConfig:
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints"))
 
     def __post_init__(self):
-        check_positive(self, "steps", "batch_size", "lr", "clip_norm", "kl_weight", "sup_temperature",
+        check_positive(self, "steps", "batch_size", "lr", "clip_norm", "sup_temperature",
                        "num_particles", "log_every", "checkpoint_every")
+        if isinstance(self.kl_weight, str):
+            if self.kl_weight != "auto":
+                raise ConfigError(f"--kl-weight must be a positive number or auto, got {self.kl_weight!r}")
+        else:
+            check_positive(self, "kl_weight")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         for name in ("lambda_sup", "weight_decay"):

@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import pyro
@@ -14,8 +15,9 @@ from pyro_vrm.objective import VRMObjective, make_elbo
 from pyro_vrm.posterior import pair_posterior, reward_posterior
 from pyro_vrm.runs import RunDir
 from pyro_vrm.fits import load_fit
-from pyro_vrm.train import (fit_reward_model, fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin,
-                             fit_vrm, supervision_setup)
+from pyro_vrm.features import PreferenceFeatures
+from pyro_vrm.train import (KL_WEIGHT_GRID, fit_reward_model, fit_temperature_scaled_reward_model,
+                            fit_tuned_reward_model, fit_twin, fit_vrm, select_kl_weight, supervision_setup)
 from pyro_vrm.vrm import VRM, load_vrm
 
 SMALL = ModelConfig(latent_dim=4, width=32, depth=1)
@@ -242,3 +244,23 @@ def test_the_temperature_scaled_rm_keeps_the_ranking_and_calibrates_an_overfit_h
     assert RunDir(tmp_path).checkpoint_config()["temperature"] == head.temperature
     with torch.no_grad():
         assert torch.allclose(saved.model(states[0], states[1]), head(states[0], states[1]))
+
+
+def test_kl_weight_auto_refits_the_beta_that_validation_prefers_and_records_the_table(small_data, tmp_path):
+    # preferences that carry no signal: a small beta fits the noise, the held-out pairs punish it
+    train = small_data.train
+    g = torch.Generator().manual_seed(0)
+    swap = (torch.rand(len(train), generator=g) < 0.5).unsqueeze(-1)
+    noise = PreferenceFeatures(train.prompt_state, torch.where(swap, train.rejected_state, train.chosen_state),
+                               torch.where(swap, train.chosen_state, train.rejected_state), train.prompt_id)
+    config = quick(steps=200, lr=1e-2)
+    table = select_kl_weight(noise, SMALL, config, grid=(0.001, 1.0))
+    assert [row["kl_weight"] for row in table] == [0.001, 1.0]
+    assert table[1]["validation_log_lik"] > table[0]["validation_log_lik"]
+    assert table[0]["validation_log_lik"] < math.log(0.5) < table[1]["validation_log_lik"] + 0.01
+    vrm, _ = fit_vrm(noise, SMALL, replace(config, kl_weight="auto"), run=RunDir(tmp_path), progress=False)
+    saved = RunDir(tmp_path).checkpoint_config()
+    chosen = max(saved["kl_weight_selection"], key=lambda row: row["validation_log_lik"])["kl_weight"]
+    assert saved["train"]["kl_weight"] == chosen and len(saved["kl_weight_selection"]) == len(KL_WEIGHT_GRID)
+    direct, _ = fit_vrm(noise, SMALL, replace(config, kl_weight=chosen), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(vrm.parameters(), direct.parameters()))
