@@ -4,7 +4,7 @@ controls on the same data, split, minibatches, seed and step budget, tables and 
 Every script runs with no arguments on the offline default (MiniLM features of simulated-text);
 ``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
 ../shared/data), ``--backbone`` any transformers model. The models compared are named as in
-:data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-paper`` (the paper's objective), ``rm``,
+:data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-auto`` (the same with ``--kl-weight auto``), ``vrm-paper`` (the paper's objective), ``rm``,
 ``rm-tuned``, ``rm-temperature`` (the RM with a temperature fitted on validation pairs) and ``twin``.
 """
 
@@ -36,10 +36,11 @@ UF = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback-bi
 SHARED = {"hh": HH, "uf": UF}
 
 # name -> (model kind, preset): the models an experiment can compare
-MODELS = {"vrm": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"), "rm": ("rm", "recommended"),
+MODELS = {"vrm": ("vrm", "recommended"), "vrm-auto": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"),
+          "rm": ("rm", "recommended"),
           "rm-tuned": ("rm-tuned", "recommended"), "rm-temperature": ("rm-temperature", "recommended"),
           "twin": ("twin", "recommended")}
-LABELS = {"vrm": "VRM", "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
+LABELS = {"vrm": "VRM", "vrm-auto": "VRM, KL weight chosen on validation", "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
           "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
 
 
@@ -88,6 +89,8 @@ def configs(name: str, seed: int = 0, steps: int = 1000, log_every: int = 50,
     """The configurations of model ``name`` of :data:`MODELS`: its preset, then the overrides."""
     train = TrainConfig(steps=steps, seed=seed, log_every=log_every, checkpoint_every=steps)
     model, train = preset(MODELS[name][1], model_config, train)
+    if name == "vrm-auto":
+        train = replace(train, kl_weight="auto")
     return model, replace(train, **train_overrides)
 
 

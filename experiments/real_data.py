@@ -4,7 +4,7 @@ prompts held out (seed 0). For each model: test accuracy with a bootstrap 95% in
 calibration of P(chosen wins) (ECE, log loss), how well its confidence tells right from wrong
 (error AUROC) and its accuracy on the half of the pairs where it is most confident.
 
-    python experiments/real_data.py [--data uf,hh] [--seeds 1] [--models vrm,vrm-paper,rm,rm-tuned,rm-temperature,twin]
+    python experiments/real_data.py [--data uf,hh] [--seeds 1] [--models vrm,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
 Both files are in ../shared/data; a data set whose file is absent is skipped with a message.
 """
@@ -16,7 +16,7 @@ from pyro_vrm import evaluate_predictions, predict
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.splitlines()[0], models="vrm,vrm-paper,rm,rm-tuned,rm-temperature,twin")
+    p = parser(__doc__.splitlines()[0], models="vrm,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin")
     p.set_defaults(data="uf,hh")
     args = p.parse_args(argv)
     out = output_dir(args, "real_data")
