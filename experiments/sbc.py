@@ -3,15 +3,19 @@ paper's objective: data drawn from the model's own prior and likelihood (one dat
 held-out pairs), each preset fitted once, then every held-out pair is a replicate. For each: the
 chi-square p-values of the ranks of w, of the margin r_c - r_r and of log p(y, a | latents), the
 posterior contraction and z-scores, and the fit's test accuracy and log loss beside the true
-rewards' (the oracle's). Writes results.json, sbc.png (the default's ECDF differences with
-simultaneous 95% bands) and sbc_paper.png.
+rewards' (the oracle's). The recommended preset is also fitted at each KL weight of
+``--kl-weights`` (results.json keys ``kl_weight=<beta>``), to show what beta alone can do. Writes
+results.json, sbc.png (the default's ECDF differences with simultaneous 95% bands) and
+sbc_paper.png.
 
     python experiments/sbc.py [--steps 1000] [--pairs 6000] [--held-out 1000] [--num-draws 99] [--seed 0]
+                              [--kl-weights 0.1,0.3,1]
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -37,6 +41,8 @@ def main(argv=None) -> dict:
     p.add_argument("--num-draws", type=int, default=99, help="draws of q per pair, L (L + 1 a multiple of --bins)")
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="seed of the simulator and of the fits")
+    p.add_argument("--kl-weights", default="0.1,0.3,1", help="KL weights of extra fits of the recommended preset "
+                                                            "(comma-separated; empty for none)")
     p.add_argument("--out", type=Path, default=Path("experiments/out/sbc"))
     args = p.parse_args(argv)
 
@@ -49,21 +55,26 @@ def main(argv=None) -> dict:
     results = {"simulation": {**sim.__dict__, "aspect_noise": sim.aspect_noise}, "priors": repr(priors),
                "oracle": {"accuracy": oracle["accuracy"]["accuracy"], "log_loss": oracle["calibration"]["log_loss"]}}
     rows, figures = [], {}
-    for key, name in PRESETS.items():
+    fits = [(key, name, {}) for key, name in PRESETS.items()]
+    fits += [(f"kl_weight={float(beta):g}", "recommended", {"kl_weight": float(beta)})
+             for beta in args.kl_weights.split(",") if beta.strip()]
+    for key, name, overrides in fits:
         model_config, train_config = preset(name, ModelConfig(), TrainConfig(steps=args.steps, seed=args.seed))
+        train_config = replace(train_config, **overrides)
         vrm, standardizer = fit_vrm(data.train, model_config, train_config, priors, progress=False)
         torch.manual_seed(args.seed)
         sbc = simulation_based_calibration(vrm, data, standardizer, args.num_draws, args.bins)
         ranks = sbc.pop("ranks")
         ev = evaluate_predictions(predict(vrm, data.test))
-        results[key] = {**sbc, "preset": name, "test_accuracy": ev["accuracy"]["accuracy"],
+        results[key] = {**sbc, "preset": name, "kl_weight": train_config.kl_weight, "test_accuracy": ev["accuracy"]["accuracy"],
                         "test_log_loss": ev["calibration"]["log_loss"], "ece": ev["calibration"]["ece"]}
-        figures[key] = ranks
-        rows.append([key, name, *(f"{sbc[k]:.3g}" for k in ("w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue")),
+        if key in PRESETS:
+            figures[key] = ranks
+        rows.append([key, name, f"{train_config.kl_weight:g}", *(f"{sbc[k]:.3g}" for k in ("w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue")),
                      *(f"{sbc[k]:.3f}" for k in ("w_contraction", "margin_contraction")),
                      f"{sbc['margin_zscore_mean']:.2f} / {sbc['margin_zscore_sd']:.2f}",
                      f"{ev['accuracy']['accuracy']:.3f}", f"{ev['calibration']['log_loss']:.3f}"])
-    show(results, ["fit", "preset", "w rank p", "margin rank p", "log-lik rank p", "w contraction",
+    show(results, ["fit", "preset", "KL weight", "w rank p", "margin rank p", "log-lik rank p", "w contraction",
                    "margin contraction", "margin z-score mean / sd", "test accuracy", "test log loss"], rows)
     print(f"\n{len(data.test)} held-out pairs; the true rewards' accuracy {results['oracle']['accuracy']:.3f}, "
           f"log loss {results['oracle']['log_loss']:.3f}")

@@ -61,9 +61,11 @@ def test_simulated_sweep_prints_every_configuration(scripts, tmp_path, capsys, m
 
 
 def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
-    results = scripts["sbc"].main(["--steps", "10", "--pairs", "400", "--held-out", "200", "--out", str(tmp_path)])
+    results = scripts["sbc"].main(["--steps", "10", "--pairs", "400", "--held-out", "200", "--kl-weights", "0.5",
+                                   "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "| default | recommended |" in printed and "| paper | paper |" in printed
+    assert "| default | recommended | 0.01 |" in printed and "| paper | paper | 1 |" in printed
+    assert "| kl_weight=0.5 | recommended | 0.5 |" in printed and results["kl_weight=0.5"]["kl_weight"] == 0.5
     saved = json.loads((tmp_path / "results.json").read_text())
     keys = {"w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue", "margin_contraction", "w_contraction"}
     for fit in ("default", "paper"):
@@ -71,3 +73,4 @@ def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
         assert all(0 <= saved[fit][k] <= 1 for k in keys if k.endswith("pvalue"))
     assert saved["paper"]["preset"] == "paper" and results["default"]["preset"] == "recommended"
     assert (tmp_path / "sbc.png").stat().st_size > 1000 and (tmp_path / "sbc_paper.png").exists()
+    assert not list(tmp_path.glob("sbc_kl*.png"))
