@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from records import show, table, write_results  # noqa: E402,F401  (the scripts import them from here)
+from pyro_vrm.pipeline import split_index  # noqa: E402
 from pyro_vrm import (BackboneConfig, ModelConfig, RunDir, TrainConfig, fit_reward_model,  # noqa: E402
                       fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm, load_text_features, pairwise_accuracy, pearson,
                       predict, preset, split_text, supervision_setup, supervision_target, weight_means)
@@ -74,14 +75,16 @@ def model_names(args) -> list[str]:
 
 
 def load(args) -> dict:
-    """{"train", "test", maybe "shifted": PreferenceFeatures, "pairs": the text, "truth": ...}."""
+    """{"train", "test", maybe "shifted": PreferenceFeatures, "pairs": the text, "test_pairs": the test
+    split's text rows, in the order of "test", "truth": ...}."""
     data = str(SHARED[args.data]) if args.data in SHARED else args.data
     if args.data in SHARED and not SHARED[args.data].exists():
         sys.exit(f"--data {args.data} needs {SHARED[args.data]}, which is absent")
     backbone = BackboneConfig(backbone=args.backbone, max_length=args.max_length)
     pairs, features, _ = load_text_features(data, backbone, args.cache_dir)
     splits, truth = split_text(pairs, features, test_fraction=0.2, seed=0)
-    return {**splits, "pairs": pairs, "truth": truth}
+    test_pairs = pairs.select(split_index(pairs, features.prompt_id, test_fraction=0.2, seed=0)["test"].tolist())
+    return {**splits, "pairs": pairs, "test_pairs": test_pairs, "truth": truth}
 
 
 def configs(name: str, seed: int = 0, steps: int = 1000, log_every: int = 50,

@@ -24,7 +24,7 @@ SCRIPTS = {
 @pytest.fixture(scope="module")
 def scripts():
     sys.path.insert(0, str(EXPERIMENTS))
-    yield {name: importlib.import_module(name) for name in [*SCRIPTS, "vrm_vs_rm_simulated", "sbc"]}
+    yield {name: importlib.import_module(name) for name in [*SCRIPTS, "vrm_vs_rm_simulated", "sbc", "real_data"]}
     sys.path.remove(str(EXPERIMENTS))
 
 
@@ -74,3 +74,19 @@ def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
     assert saved["paper"]["preset"] == "paper" and results["default"]["preset"] == "recommended"
     assert (tmp_path / "sbc.png").stat().st_size > 1000 and (tmp_path / "sbc_paper.png").exists()
     assert not list(tmp_path.glob("sbc_kl*.png"))
+
+
+def test_real_data_scores_the_polite_closing_hack_for_every_model(scripts, small_text, tmp_path, capsys):
+    real_data = scripts["real_data"]
+    results = real_data.main([*TINY, "--data", "simulated-text", "--models", "rm,rm-temperature",
+                              "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert " accuracy lost to a polite closing on the loser " in header
+    models = results["results"]["simulated-text"]["models"]
+    for runs in models.values():
+        run = runs[0]
+        assert 0 <= run["closing_accuracy"] <= 1
+        assert run["closing_drop"] == pytest.approx(run["accuracy"]["accuracy"] - run["closing_accuracy"])
+    # the temperature divides the RM's margins: the same ranking, with and without the closing
+    assert models["rm-temperature"][0]["closing_accuracy"] == pytest.approx(models["rm"][0]["closing_accuracy"])
+    assert models["rm-temperature"][0]["accuracy"]["accuracy"] == pytest.approx(models["rm"][0]["accuracy"]["accuracy"])
