@@ -253,7 +253,7 @@ def test_kl_weight_auto_refits_the_beta_that_validation_prefers_and_records_the_
     swap = (torch.rand(len(train), generator=g) < 0.5).unsqueeze(-1)
     noise = PreferenceFeatures(train.prompt_state, torch.where(swap, train.rejected_state, train.chosen_state),
                                torch.where(swap, train.chosen_state, train.rejected_state), train.prompt_id)
-    config = quick(steps=200, lr=1e-2)
+    config = quick(steps=100, lr=1e-2)
     table = select_kl_weight(noise, SMALL, config, grid=(0.001, 1.0))
     assert [row["kl_weight"] for row in table] == [0.001, 1.0]
     assert table[1]["validation_log_lik"] > table[0]["validation_log_lik"]
