@@ -4,8 +4,9 @@ controls on the same data, split, minibatches, seed and step budget, tables and 
 Every script runs with no arguments on the offline default (MiniLM features of simulated-text);
 ``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
 ../shared/data), ``--backbone`` any transformers model. The models compared are named as in
-:data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-auto`` (the same with ``--kl-weight auto``), ``vrm-paper`` (the paper's objective), ``rm``,
-``rm-tuned``, ``rm-temperature`` (the RM with a temperature fitted on validation pairs) and ``twin``.
+:data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-auto`` (the same with ``--kl-weight
+auto``), ``vrm-paper`` (the paper's objective), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM
+with a temperature fitted on validation pairs) and ``twin``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import torch  # noqa: E402
 from records import show, table, write_results  # noqa: E402,F401  (the scripts import them from here)
 from pyro_vrm.pipeline import split_index  # noqa: E402
 from pyro_vrm import (BackboneConfig, ModelConfig, RunDir, TrainConfig, fit_reward_model,  # noqa: E402
-                      fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm, load_text_features, pairwise_accuracy, pearson,
-                      predict, preset, split_text, supervision_setup, supervision_target, weight_means)
+                      fit_temperature_scaled_reward_model, fit_tuned_reward_model, fit_twin, fit_vrm,
+                      load_text_features, pairwise_accuracy, pearson, predict, preset, split_text,
+                      supervision_setup, supervision_target, weight_means)
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test-even.jsonl.gz"
 UF = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback-binarized-sample-train1000.jsonl.gz"
@@ -38,11 +40,11 @@ SHARED = {"hh": HH, "uf": UF}
 
 # name -> (model kind, preset): the models an experiment can compare
 MODELS = {"vrm": ("vrm", "recommended"), "vrm-auto": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"),
-          "rm": ("rm", "recommended"),
-          "rm-tuned": ("rm-tuned", "recommended"), "rm-temperature": ("rm-temperature", "recommended"),
-          "twin": ("twin", "recommended")}
-LABELS = {"vrm": "VRM", "vrm-auto": "VRM, KL weight chosen on validation", "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
-          "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
+          "rm": ("rm", "recommended"), "rm-tuned": ("rm-tuned", "recommended"),
+          "rm-temperature": ("rm-temperature", "recommended"), "twin": ("twin", "recommended")}
+LABELS = {"vrm": "VRM", "vrm-auto": "VRM, KL weight chosen on validation", "vrm-paper": "VRM, paper's objective",
+          "rm": "RM", "rm-tuned": "RM, tuned weight decay", "rm-temperature": "RM, temperature-scaled",
+          "twin": "twin"}
 
 
 def parser(description: str, steps: int = 1000, seeds: int | None = 1,

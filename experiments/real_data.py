@@ -7,7 +7,8 @@ accuracy a polite closing that carries no content costs it when appended to the 
 (the mean over :data:`CLOSINGS`): the reward hack of the simulated-text test bed, on real text,
 where no aspect score anchors VRM's reward to a named quality.
 
-    python experiments/real_data.py [--data uf,hh] [--seeds 1] [--models vrm,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin]
+    python experiments/real_data.py [--data uf,hh] [--seeds 1]
+                                    [--models vrm,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
 Both files are in ../shared/data; a data set whose file is absent is skipped with a message.
 """
@@ -39,7 +40,8 @@ def main(argv=None) -> dict:
         data = load(args)
         backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
         polite = [text_features(data["test_pairs"].map(lambda row, c=closing: {"rejected": f"{row['rejected'].rstrip()} {c}"}),
-                                backbone, args.cache_dir)[0] for closing in CLOSINGS]
+                                backbone, args.cache_dir)[0]
+                  for closing in CLOSINGS]
         assert all(len(f) == len(data["test"]) for f in polite)
         results["results"][name] = {"train_pairs": len(data["train"]), "test_pairs": len(data["test"]), "models": {}}
         for model in model_names(args):
@@ -52,7 +54,8 @@ def main(argv=None) -> dict:
                 runs.append({"accuracy": ev["accuracy"], "ece": ev["calibration"]["ece"],
                              "log_loss": ev["calibration"]["log_loss"], "error_auroc": ev["error_auroc"],
                              "selective_accuracy_50": ev["selective_accuracy_50"],
-                             "closing_accuracy": with_closing, "closing_drop": ev["accuracy"]["accuracy"] - with_closing})
+                             "closing_accuracy": with_closing,
+                             "closing_drop": ev["accuracy"]["accuracy"] - with_closing})
             results["results"][name]["models"][model] = runs
             first = runs[0]
             rows.append([name, LABELS[model], f"{first['accuracy']['accuracy']:.3f}",

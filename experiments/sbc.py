@@ -66,11 +66,13 @@ def main(argv=None) -> dict:
         sbc = simulation_based_calibration(vrm, data, standardizer, args.num_draws, args.bins)
         ranks = sbc.pop("ranks")
         ev = evaluate_predictions(predict(vrm, data.test))
-        results[key] = {**sbc, "preset": name, "kl_weight": train_config.kl_weight, "test_accuracy": ev["accuracy"]["accuracy"],
-                        "test_log_loss": ev["calibration"]["log_loss"], "ece": ev["calibration"]["ece"]}
+        results[key] = {**sbc, "preset": name, "kl_weight": train_config.kl_weight,
+                        "test_accuracy": ev["accuracy"]["accuracy"], "test_log_loss": ev["calibration"]["log_loss"],
+                        "ece": ev["calibration"]["ece"]}
         if key in PRESETS:
             figures[key] = ranks
-        rows.append([key, name, f"{train_config.kl_weight:g}", *(f"{sbc[k]:.3g}" for k in ("w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue")),
+        rows.append([key, name, f"{train_config.kl_weight:g}",
+                     *(f"{sbc[k]:.3g}" for k in ("w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue")),
                      *(f"{sbc[k]:.3f}" for k in ("w_contraction", "margin_contraction")),
                      f"{sbc['margin_zscore_mean']:.2f} / {sbc['margin_zscore_sd']:.2f}",
                      f"{ev['accuracy']['accuracy']:.3f}", f"{ev['calibration']['log_loss']:.3f}"])

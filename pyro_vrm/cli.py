@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vrm: the variational reward model; rm: the Bradley-Terry baseline; rm-tuned: the "
                             "baseline with its weight decay chosen on validation pairs carved from the training "
                             "pairs; rm-temperature: the baseline with a temperature fitted on such validation pairs "
-                            "(calibrated, same ranking); twin: VRM's structure fitted by maximum likelihood, without latent noise or KL")
+                            "(calibrated, same ranking); twin: VRM's structure fitted by maximum likelihood, without "
+                            "latent noise or KL")
     train.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
                        help="recommended: aspects observed when the data carry them, KL weight below 1 (the "
                             "defaults below); paper: the paper's objective exactly (KL weight 1, lambda 0.1, no "

@@ -2,8 +2,8 @@
 
 Three kinds are fitted (``kind`` in the checkpoint's config.json): ``vrm``
 (:class:`pyro_vrm.vrm.VRM`), ``rm`` (the Bradley-Terry :class:`pyro_vrm.baseline.RewardHead`,
-tuned or temperature-scaled) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`); a saved reward model can
-also hold an ``ensemble`` of fits (:class:`pyro_vrm.ensemble.Ensemble`, its members' configs
+plain, tuned or temperature-scaled) and ``twin`` (:class:`pyro_vrm.twin.DeterministicTwin`); a
+saved reward model can also hold an ``ensemble`` of fits (:class:`pyro_vrm.ensemble.Ensemble`, its members' configs
 under ``members``). Evaluation and the reward model read fits through here, without the training
 code.
 """

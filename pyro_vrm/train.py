@@ -1,7 +1,7 @@
 """Fitting: VRM by stochastic variational inference, and the controls it is measured against
 (the Bradley-Terry RM, the RM with its weight decay tuned on validation pairs, the RM with a
-temperature fitted on validation pairs, and the deterministic twin), all through the one loop of :mod:`pyro_vrm.loop` on the same minibatches,
-optimizer and step budget.
+temperature fitted on validation pairs, and the deterministic twin), all through the one loop
+of :mod:`pyro_vrm.loop` on the same minibatches, optimizer and step budget.
 
 Each fit seeds everything first, so a fit is a function of its data and configuration.
 """
@@ -129,7 +129,7 @@ def select_kl_weight(train: PreferenceFeatures, model_config: ModelConfig = Mode
     beta is a property of the data set: where aspect scores pin the features down a small beta
     costs nothing, where only the preferences speak it makes q overconfident (DESIGN.md 3c).
     """
-    from .evaluate import predict  # evaluation reads fits; fitting needs it only here
+    from .evaluate import _log_loss, predict  # evaluation reads fits; fitting needs it only here
 
     if not isinstance(train, PreferenceFeatures):
         raise ValueError("--kl-weight auto needs cached hidden states (--finetune none): it scores "
@@ -139,8 +139,7 @@ def select_kl_weight(train: PreferenceFeatures, model_config: ModelConfig = Mode
     for beta in grid:
         vrm, _ = fit_vrm(fit_part, model_config, replace(train_config, kl_weight=beta), priors, progress=False)
         predictions = predict(vrm, validation)
-        table.append({"kl_weight": beta,
-                      "validation_log_lik": float(predictions.prob_chosen.clamp_min(1e-12).log().mean()),
+        table.append({"kl_weight": beta, "validation_log_lik": -_log_loss(predictions.prob_chosen),
                       "validation_accuracy": float(predictions.correct.mean())})
     return table
 
@@ -257,10 +256,10 @@ def fit_temperature_scaled_reward_model(train: PreferenceFeatures, model_config:
     with torch.no_grad():
         margins = head(validation.prompt_state, validation.chosen_state) \
             - head(validation.prompt_state, validation.rejected_state)
-    temperature = fit_temperature(margins)
-    selection = {"temperature": temperature,
-                 "validation_log_lik": float(torch.nn.functional.logsigmoid(margins).mean()),
-                 "validation_log_lik_scaled": float(torch.nn.functional.logsigmoid(margins / temperature).mean())}
+    log_lik, _ = validation_log_likelihood(head, validation)
+    head.temperature = temperature = fit_temperature(margins)
+    scaled_log_lik, _ = validation_log_likelihood(head, validation)
+    selection = {"temperature": temperature, "validation_log_lik": log_lik, "validation_log_lik_scaled": scaled_log_lik}
     head = fit_reward_model(train, model_config, train_config, run=run, progress=progress, monitor=monitor,
                             resume=resume, temperature=temperature)
     return head, selection

@@ -202,7 +202,8 @@ def test_the_tuned_rm_refits_the_decay_and_steps_that_validation_prefers(small_d
     assert all(row["steps"] % config.log_every == 0 and 0 < row["steps"] <= 80 for row in table)
     best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
     refit = fit_reward_model(small_data.train, SMALL, replace(
-        config, steps=best["steps"], weight_decay=best["weight_decay"], lr_decay=config.lr_decay ** (best["steps"] / 80)))
+        config, steps=best["steps"], weight_decay=best["weight_decay"],
+        lr_decay=config.lr_decay ** (best["steps"] / 80)))
     assert all(torch.equal(a, b) for a, b in zip(head.parameters(), refit.parameters()))
     # a decay of 1 shrinks every weight towards 0: the rewards flatten and validation sees it
     assert table[1]["validation_log_lik"] < table[0]["validation_log_lik"]
