@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from records import show, write_results  # noqa: E402
 from pyro_vrm import ModelConfig, Priors, TrainConfig, evaluate_predictions, fit_vrm, predict, preset  # noqa: E402
 from pyro_vrm.evaluate import Predictions  # noqa: E402
-from pyro_vrm.diagnostics import plot_sbc_ecdf, simulation_based_calibration  # noqa: E402
+from pyro_vrm.sbc import plot_sbc_ecdf, simulation_based_calibration  # noqa: E402
 from pyro_vrm.simulation import PriorSimulationConfig, simulate_from_prior  # noqa: E402
 
 # results.json key -> the preset it fits
