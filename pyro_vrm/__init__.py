@@ -29,12 +29,12 @@ _PUBLIC = {
     "load_text_pairs": "pipeline", "load_backbone": "pipeline", "text_features": "pipeline",
     "load_text_features": "pipeline", "split_text": "pipeline",
     # model and guide
-    "Priors": "model", "AmortizedGuide": "guide", "VRM": "vrm",
+    "Priors": "model", "ConditionalPrior": "model", "AmortizedGuide": "guide", "PairGuide": "guide", "VRM": "vrm",
     "RewardHead": "baseline", "DeterministicTwin": "twin",
     # fit
     "ModelConfig": "config", "TrainConfig": "config", "BackboneConfig": "config", "preset": "config",
     "PRESETS": "config", "fit_vrm": "train", "fit_reward_model": "train", "fit_tuned_reward_model": "train",
-    "fit_temperature_scaled_reward_model": "train",
+    "fit_temperature_scaled_reward_model": "train", "select_on_validation": "train",
     "fit_twin": "train", "supervision_setup": "train", "resolve_model_config": "train", "RunDir": "runs", "load_fit": "fits", "load_vrm": "vrm",
     "VRMObjective": "objective", "VRMLoss": "objective", "KLWeight": "objective", "make_elbo": "objective",
     "minibatches": "loop", "Standardizer": "supervision", "supervision_loss": "supervision",
@@ -42,6 +42,7 @@ _PUBLIC = {
     "reward_posterior": "posterior", "pair_posterior": "posterior", "kl_terms": "posterior",
     "expected_log_likelihood": "posterior", "summarize": "evaluate", "predict": "evaluate", "evaluate_predictions": "evaluate", "hack_rate": "evaluate",
     "pearson": "evaluate", "weight_means": "evaluate", "pairwise_accuracy": "metrics",
+    "simulation_based_calibration": "sbc", "simulate_from_fit": "sbc",
     "supervision_target": "supervision", "full_data_elbo": "bounds", "pac_bayes_bound": "bounds",
     # reward
     "Ensemble": "ensemble", "reward_mean_sd": "ensemble", "ood_aurocs": "ood",

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.functional import logsigmoid
 
 from .features import PairBatch
-from .guide import mlp
+from .networks import mlp
 
 __all__ = ["RewardHead", "BradleyTerryLoss", "bradley_terry_loss", "fit_temperature"]
 

@@ -36,12 +36,15 @@ def observed_aspects(vrm: VRM, features: PreferenceFeatures,
 
 
 @torch.no_grad()
-def data_kl(vrm: VRM, features: PreferenceFeatures, chunk_size: int = 1024) -> tuple[float, bool]:
+def data_kl(vrm: VRM, features: PreferenceFeatures, aspects: tuple[torch.Tensor, torch.Tensor] | None = None,
+            chunk_size: int = 1024) -> tuple[float, bool]:
     """(KL of q from p over a whole data set, whether every term is in closed form): the local
-    terms summed over the pairs, the global latents' counted once."""
+    terms summed over the pairs, the global latents' counted once. ``aspects`` ((N, K) each) are
+    the observed scores a conditional prior's guide reads."""
     local, exact, global_kl = 0.0, True, 0.0
-    for batch in features.chunks(chunk_size):
-        kl = kl_terms(vrm, batch)
+    for start, batch in zip(range(0, len(features), chunk_size), features.chunks(chunk_size)):
+        chunk = None if aspects is None else tuple(a[start:start + len(batch.index)] for a in aspects)
+        kl = kl_terms(vrm, batch, aspects=chunk)
         local += float(kl.local.sum())
         exact, global_kl = exact and kl.exact, float(kl.global_kl)
     return local + global_kl, exact
@@ -58,7 +61,7 @@ def full_data_elbo(vrm: VRM, features: PreferenceFeatures, standardizer: Standar
     for start, batch in zip(range(0, len(features), chunk_size), features.chunks(chunk_size)):
         chunk = None if aspects is None else tuple(a[start:start + len(batch.index)] for a in aspects)
         log_lik += float(expected_log_likelihood(vrm, batch, chunk, num_particles).sum())
-    return (log_lik - data_kl(vrm, features, chunk_size)[0]) / len(features)
+    return (log_lik - data_kl(vrm, features, aspects, chunk_size)[0]) / len(features)
 
 
 def pac_bayes_bound(empirical_error: float, kl_total: float, n: int, delta: float = 0.05) -> float:
@@ -80,6 +83,9 @@ def pac_bayes(vrm: VRM, train: PreferenceFeatures, gibbs_error: float, delta: fl
     (a Student-t feature prior, a hyperprior on alpha0) would give a Monte Carlo estimate, not a
     bound, and raises :class:`BoundNotCovered`.
     """
+    if vrm.conditional_prior is not None:
+        raise BoundNotCovered("its prior is conditional and fitted to the same training pairs, and a PAC-Bayes "
+                              "prior must not depend on them")
     kl_total, exact = data_kl(vrm, train)
     if not exact:
         raise BoundNotCovered("its KL has no closed form under these priors (a Student-t feature prior or a "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import (PRESETS, BackboneConfig, ConfigError, FinetuneConfig, ModelConfig, TrainConfig, add_arguments,
                      from_arguments)
-from .model import Priors
+from .model import ConditionalPrior, Priors
 from .policy import TinyPolicyConfig
 from .ppo import PPOConfig
 from .simulation import SimulationConfig
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
                        help="recommended: aspects observed when the data carry them, KL weight below 1 (the "
                             "defaults below); paper: the paper's objective exactly (KL weight 1, lambda 0.1, no "
-                            "aspect likelihood). Flags given explicitly override the preset")
+                            "aspect likelihood); conditional: learned priors p(w|h_x), p(z|h) with a guide that "
+                            "reads the preference and aspects, KL weight 1, weight decay chosen on validation pairs "
+                            "(DESIGN.md 3c). Flags given explicitly override the preset")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--resume", action="store_true",
@@ -112,9 +114,15 @@ def _text_source(args: argparse.Namespace) -> dict:
 
 def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, Priors]:
     """The configurations the flags, the preset and the defaults give, in that order of precedence."""
-    return (from_arguments(ModelConfig, args, preset_name=args.preset),
-            from_arguments(TrainConfig, args, preset_name=args.preset),
-            from_arguments(Priors, args, prefix="prior"))
+    model, train, priors = (from_arguments(ModelConfig, args, preset_name=args.preset),
+                            from_arguments(TrainConfig, args, preset_name=args.preset),
+                            from_arguments(Priors, args, prefix="prior"))
+    if model.conditional_prior:
+        try:
+            ConditionalPrior.check_priors(priors)
+        except ValueError as err:
+            raise ConfigError(f"--conditional-prior: {err}") from err
+    return model, train, priors
 
 
 def train_command(args: argparse.Namespace) -> dict | None:
@@ -191,9 +199,11 @@ def _fitted_settings(model: str, run, priors: Priors) -> dict:
     saved = run.checkpoint_config()
     if model == "vrm":
         settings = {"kl_weight": saved["train"]["kl_weight"], "lambda_sup": saved["train"]["lambda_sup"],
-                    "observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}
-        if "kl_weight_selection" in saved:
-            settings["kl_weight_selection"] = saved["kl_weight_selection"]
+                    "weight_decay": saved["train"]["weight_decay"], "observe_aspects": saved["model"]["observe_aspects"],
+                    "conditional_prior": saved["model"].get("conditional_prior", False), "priors": repr(priors)}
+        for selection in ("kl_weight_selection", "weight_decay_selection"):
+            if selection in saved:
+                settings[selection] = saved[selection]
         return settings
     if model == "twin":
         return {"observe_aspects": saved["model"]["observe_aspects"], "priors": repr(priors)}

@@ -17,7 +17,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-from .guide import MIN_CONCENTRATION
+from .networks import MIN_CONCENTRATION
 from .supervision import SUPERVISION_LOSSES
 
 __all__ = ["ConfigError", "ModelConfig", "TrainConfig", "BackboneConfig", "FinetuneConfig", "PRESETS", "preset",
@@ -69,6 +69,9 @@ class ModelConfig:
     bayesian_decoder: bool = field(default=False, metadata=option("Normal priors on A, b (linear decoder)"))
     observe_aspects: bool | None = field(default=None, metadata=option(
         "aspect scores as data, a ~ N(s(z), sigma_a) (default: on when the data carry scores)"))
+    conditional_prior: bool = field(default=False, metadata=option(
+        "learned priors p(w|h_x), p(z|h_x,h_xy) that start at the Priors (empirical Bayes), with a guide that "
+        "updates them by the pair's preference and aspects (DESIGN.md 3c)"))
     init_concentration: float = field(default=1.0, metadata=option("initial concentration of q(w|x)"))
     init_scale: float = field(default=1.0, metadata=option("initial sd of q(z|x,y)"))
 
@@ -90,7 +93,9 @@ class TrainConfig:
     lr: float = field(default=3e-3, metadata=option("initial learning rate (Adam)"))
     lr_decay: float = field(default=0.1, metadata=option("final lr / initial lr; geometric decay"))
     clip_norm: float = field(default=10.0, metadata=option("per-parameter gradient norm clip"))
-    weight_decay: float = field(default=0.0, metadata=option("L2 weight decay of every parameter (Adam)"))
+    weight_decay: float | str = field(default=0.0, metadata=option(
+        "L2 weight decay of every parameter (Adam); auto (VRM): chosen from pyro_vrm.train.WEIGHT_DECAY_GRID as "
+        "--kl-weight auto chooses beta"))
     kl_weight: float | str = field(default=0.01, metadata=option(
         "beta, weight of every KL term of the ELBO, local and global (1: the paper's ELBO); auto: chosen per data "
         "set from pyro_vrm.train.KL_WEIGHT_GRID by the held-out log-likelihood of validation pairs carved from the "
@@ -117,10 +122,12 @@ class TrainConfig:
                 raise ConfigError(f"--kl-weight must be a positive number or auto, got {self.kl_weight!r}")
         else:
             check_positive(self, "kl_weight")
+        if isinstance(self.weight_decay, str) and self.weight_decay != "auto":
+            raise ConfigError(f"--weight-decay must be a number >= 0 or auto, got {self.weight_decay!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         for name in ("lambda_sup", "weight_decay"):
-            if getattr(self, name) < 0:
+            if not isinstance(getattr(self, name), str) and getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         check_choice(self, "sup_loss")
         check_choice(self, "elbo")
@@ -131,6 +138,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "recommended": {},
     # The paper's objective exactly: the ELBO at KL weight 1, lambda 0.1 on E[w], no aspect likelihood.
     "paper": {"kl_weight": 1.0, "lambda_sup": 0.1, "observe_aspects": False},
+    # DESIGN.md 3c: the hidden states in the story through learned conditional priors, the ELBO at
+    # weight 1, and the weight decay of those priors chosen on validation pairs.
+    "conditional": {"conditional_prior": True, "kl_weight": 1.0, "weight_decay": "auto"},
 }
 
 

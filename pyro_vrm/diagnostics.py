@@ -116,12 +116,12 @@ def to_inference_data(vrm: VRM, features: PreferenceFeatures, num_samples: int =
     batch, ones = _batch(features), torch.ones(len(features))
     model = _local_model(vrm, batch)
     sites = [*LATENTS, *REWARDS, SITES["preference"]]
-    posterior = Predictive(model, guide=vrm.amortized_guide, num_samples=num_samples, parallel=True,
-                           return_sites=sites)(batch)
+    guide = partial(vrm.local_guide, preferences=ones, aspects=aspects)  # a conditional prior's guide reads them
+    posterior = Predictive(model, guide=guide, num_samples=num_samples, parallel=True, return_sites=sites)(batch)
     prior = Predictive(model, num_samples=num_samples, parallel=True, return_sites=sites)(batch)
     latents = {name: posterior[name] for name in LATENTS}
     log_p = _pair_log_probs(model, latents, batch, preferences=ones, aspects=aspects)
-    log_q = _pair_log_probs(vrm.amortized_guide, latents, batch)
+    log_q = _pair_log_probs(guide, latents, batch)
     log_ratio = sum(log_p.values()) - sum(log_q.values())
     return az.from_dict(
         posterior=_numpy(posterior, [*LATENTS, *REWARDS]),
@@ -359,7 +359,9 @@ def diagnose(run_dir: str | Path, num_samples: int = 200, nuts_pairs: int = 40, 
     nuts = run_nuts(vrm, nuts_features, nuts_warmup, nuts_draws, nuts_chains, seed, aspects=nuts_aspects)
     nuts.to_netcdf(run.path / "diagnostics_nuts.nc")
     with torch.no_grad():
-        weight_mean = vrm.amortized_guide.weight_posterior(nuts_features.prompt_state).mean.numpy()
+        q = poutine.trace(vrm.local_guide).get_trace(_batch(nuts_features), preferences=torch.ones(len(nuts_features)),
+                                                     aspects=nuts_aspects)
+        weight_mean = q.nodes[SITES["weights"]]["fn"].mean.numpy()
 
     figures = {
         "weight_forest": plot_weight_forest(idata),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .bounds import BoundNotCovered, data_kl, full_data_elbo, pac_bayes
+from .bounds import BoundNotCovered, data_kl, full_data_elbo, observed_aspects, pac_bayes
 from .features import PreferenceFeatures
 from .metrics import (REWARDBENCH_SECTIONS, accuracy_by_subset, bootstrap_accuracy, calibration, error_auroc,
                       oracle_accuracy, pairwise_correct, rewardbench_scores, selective_accuracy)
@@ -38,12 +38,14 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 def evaluate_pairs(vrm: VRM, features: PreferenceFeatures, chunk_size: int = 1024,
                    num_samples: int = 256) -> dict[str, torch.Tensor]:
     """:func:`pyro_vrm.posterior.pair_posterior` over a whole table, in chunks, with each pair's
-    local KL (``kl``) and E_q[w] (``weight_mean``); (N,) or (N, K) each."""
+    local KL (``kl``; not under a conditional prior whose guide reads aspect scores) and E[w]
+    (``weight_mean``); (N,) or (N, K) each."""
     parts = []
     for batch in features.chunks(chunk_size):
         out = pair_posterior(vrm, batch, num_samples)
-        out["kl"] = kl_terms(vrm, batch).local
-        out["weight_mean"] = vrm.amortized_guide.weight_posterior(batch.prompt_state).mean
+        if vrm.conditional_prior is None or not vrm.config.observe_aspects:
+            out["kl"] = kl_terms(vrm, batch).local
+        out["weight_mean"] = vrm.latent_predictive(batch.prompt_state, batch.chosen_state)[0].mean
         parts.append(out)
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -119,7 +121,7 @@ def summarize(model: nn.Module, train: PreferenceFeatures, test: PreferenceFeatu
 def _posterior_summary(vrm: VRM, train: PreferenceFeatures, standardizer: Standardizer | None, delta: float) -> dict:
     ev = evaluate_pairs(vrm, train)
     gibbs_error = float(ev["gibbs_error"].mean())
-    out = {"elbo": full_data_elbo(vrm, train, standardizer), "kl_per_pair": data_kl(vrm, train)[0] / len(train),
+    out = {"elbo": full_data_elbo(vrm, train, standardizer), "kl_per_pair": data_kl(vrm, train, observed_aspects(vrm, train, standardizer))[0] / len(train),
            "train_gibbs_error": gibbs_error}
     try:
         out.update(pac_bayes(vrm, train, gibbs_error, delta))
@@ -132,7 +134,7 @@ def _posterior_summary(vrm: VRM, train: PreferenceFeatures, standardizer: Standa
 def weight_means(model: nn.Module, features: PreferenceFeatures) -> torch.Tensor | None:
     """E[w] (N, K) of each pair's prompt: VRM's E_q[w], the twin's w(x); None for the RM."""
     if isinstance(model, VRM):
-        return model.amortized_guide.weight_posterior(features.prompt_state).mean
+        return model.latent_predictive(features.prompt_state, features.chosen_state)[0].mean
     if isinstance(model, DeterministicTwin):
         return model.weights(features.prompt_state)
     return None

@@ -5,7 +5,9 @@ r"""The amortized variational posterior of VRM.
     q(w_n \mid x_n) &= \mathrm{Dirichlet}(\mathrm{softplus}(f_w(h_x)) + \epsilon) \\
     q(z \mid x, y)  &= \mathcal{N}(\mu_\phi(h_x, h_{xy}), \mathrm{diag}\,\sigma_\phi(h_x, h_{xy})^2)
 
-h_x is a hidden state of the prompt and h_xy of prompt + response. The guide samples the same
+h_x is a hidden state of the prompt and h_xy of prompt + response. Under a conditional prior
+p(w | h_x) p(z | h_x, h_xy) (model.py), :class:`PairGuide` updates that prior with the pair's
+observations instead. Each guide samples the same
 sites, inside the same plate, as :func:`pyro_vrm.model.model`. Both Dirichlet and Normal are
 reparameterized (implicit reparameterization for the Dirichlet), so gradients are pathwise.
 """
@@ -18,31 +20,10 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from .model import SITES
+from .model import SITES, ConditionalPrior
+from .networks import MIN_CONCENTRATION, mlp, softplus_inverse
 
-__all__ = ["MIN_CONCENTRATION", "mlp", "WeightEncoder", "FeatureEncoder", "AmortizedGuide"]
-
-# The smallest concentration q(w) can take. For a concentration below about 0.2, float32 Gamma
-# draws (the Dirichlet's) underflow the smallest normal number and torch clamps them there, so
-# the draws and their implicit-reparameterization gradients stop being those of q; at 0.25 none
-# of 8 million draws is clamped.
-MIN_CONCENTRATION = 0.25
-
-
-def mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:
-    """``depth`` hidden layers of ``width`` units with SiLU, then a linear output layer.
-
-    Examples:
-        >>> mlp(8, 16, 2, 3)(torch.zeros(5, 8)).shape
-        torch.Size([5, 3])
-    """
-    layers, size = [], in_features
-    for _ in range(depth):
-        layers += [nn.Linear(size, width), nn.SiLU()]
-        size = width
-    layers.append(nn.Linear(size, out_features))
-    return nn.Sequential(*layers)
-
+__all__ = ["WeightEncoder", "FeatureEncoder", "AmortizedGuide", "PairGuide"]
 
 class WeightEncoder(nn.Module):
     """Parameterises q(w | x) = Dirichlet(concentration) from the prompt state h_x (B, H)."""
@@ -56,7 +37,7 @@ class WeightEncoder(nn.Module):
         self.net = mlp(hidden_size, width, depth, num_objectives)
         with torch.no_grad():  # start every q(w) near Dirichlet(init_concentration)
             self.net[-1].weight.mul_(0.1)
-            self.net[-1].bias.fill_(_softplus_inverse(init_concentration - MIN_CONCENTRATION))
+            self.net[-1].bias.fill_(softplus_inverse(init_concentration - MIN_CONCENTRATION))
 
     def forward(self, prompt_state: torch.Tensor) -> torch.Tensor:
         """(B, H) -> concentration (B, K)."""
@@ -72,7 +53,7 @@ class FeatureEncoder(nn.Module):
         self.net = mlp(2 * hidden_size, width, depth, 2 * latent_dim)
         self.min_scale = min_scale
         with torch.no_grad():  # start every q(z) at scale init_scale
-            self.net[-1].bias[latent_dim:].fill_(_softplus_inverse(init_scale))
+            self.net[-1].bias[latent_dim:].fill_(softplus_inverse(init_scale))
 
     def forward(self, prompt_state: torch.Tensor, response_state: torch.Tensor):
         """(B, H), (B, H) -> loc (B, d), scale (B, d)."""
@@ -120,5 +101,60 @@ class AmortizedGuide(nn.Module):
             pyro.sample(SITES["rejected"], dist.Normal(loc[1], scale[1]).to_event(1))
 
 
-def _softplus_inverse(y: float) -> float:
-    return float(torch.log(torch.expm1(torch.tensor(y))))
+
+class PairGuide(nn.Module):
+    r"""q(w, z^c, z^r | h, y, a) under a conditional prior: the prior of the pair, updated by what
+    was observed of it.
+
+    Under the model with p(w | h_x) and p(z | h_x, h_xy), the posterior of a pair's latents depends
+    on its hidden states only through that prior, so the guide reads the prior's parameters, not
+    the states: the Dirichlet's log concentration, and each response's loc and log scale, with the
+    preference as a sign (+1 for the response that won) and, when observed, both aspect scores,
+    each response's own first. It returns multiplicative and additive updates:
+
+    .. math::
+
+        q(w) = \mathrm{Dirichlet}(\epsilon + (\alpha - \epsilon) e^{\delta_w}), \quad
+        q(z) = \mathcal{N}(\mu + \sigma \delta_\mu, \sigma e^{\delta_\sigma})
+
+    whose output layers start at zero: an untrained guide is the prior. A new pair, whose label is
+    not seen, has the prior's latents, not this guide's.
+
+    Args:
+        num_objectives, latent_dim: K and d.
+        num_aspects: the aspect scores per response it reads (0 when the fit observes none).
+        width, depth: its two MLPs.
+    """
+
+    def __init__(self, num_objectives: int, latent_dim: int, num_aspects: int, width: int, depth: int):
+        super().__init__()
+        self.num_aspects = num_aspects
+        inputs = num_objectives + 4 * latent_dim + 1 + 2 * num_aspects
+        self.weight_net = mlp(inputs, width, depth, num_objectives)
+        self.feature_net = mlp(inputs, width, depth, 2 * latent_dim)
+        with torch.no_grad():
+            for net in (self.weight_net, self.feature_net):
+                net[-1].weight.zero_()
+                net[-1].bias.zero_()
+
+    def forward(self, batch, num_pairs=None, preferences=None, aspects=None, *, prior: ConditionalPrior):
+        index = batch.index
+        p_w = prior.objective_weights(batch.prompt_state)
+        p_z = prior.semantic_features(batch.prompt_state.expand(2, -1, -1),
+                                      torch.stack([batch.chosen_state, batch.rejected_state])).base_dist
+        won = torch.ones_like(p_w.concentration[:, :1]) if preferences is None else preferences.unsqueeze(-1)
+        sign = torch.stack([2 * won - 1, 1 - 2 * won])                                    # (2, B, 1)
+        own = torch.cat([p_z.loc, p_z.scale.log()], -1)                                   # (2, B, 2d)
+        views = [p_w.concentration.log().expand(2, -1, -1), own, own.flip(0), sign]
+        if self.num_aspects:
+            if aspects is None:
+                raise ValueError("this guide reads the pair's aspect scores: pass aspects=(chosen, rejected)")
+            views += [torch.stack(aspects), torch.stack(aspects).flip(0)]
+        views = torch.cat(views, -1)                                                      # (2, B, inputs)
+        concentration = MIN_CONCENTRATION + (p_w.concentration - MIN_CONCENTRATION) * self.weight_net(views[0]).exp()
+        shift, log_shrink = self.feature_net(views).chunk(2, -1)
+        loc, scale = p_z.loc + p_z.scale * shift, p_z.scale * log_shrink.exp()
+        with pyro.plate(SITES["plate"], num_pairs or len(index), subsample=index):
+            pyro.sample(SITES["weights"], dist.Dirichlet(concentration))
+            pyro.sample(SITES["chosen"], dist.Normal(loc[0], scale[0]).to_event(1))
+            pyro.sample(SITES["rejected"], dist.Normal(loc[1], scale[1]).to_event(1))

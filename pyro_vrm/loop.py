@@ -100,6 +100,21 @@ class _WithEncoder(nn.Module):
         return self.loss(batch, num_pairs)
 
 
+def _parameter_groups(loss_module: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters with ``weight_decay``, but for those of a submodule with a
+    ``decayed_parameters()`` method that leaves them out, which get none (a conditional prior's
+    VRM decays its prior networks only: the guide's best is the exact posterior, nothing to shrink)."""
+    exempt = set()
+    for module in loss_module.modules():
+        if hasattr(module, "decayed_parameters"):
+            decayed = {id(p) for p in module.decayed_parameters()}
+            exempt |= {id(p) for p in module.parameters() if id(p) not in decayed}
+    parameters = [p for p in loss_module.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in parameters if id(p) not in exempt], "weight_decay": weight_decay},
+              {"params": [p for p in parameters if id(p) in exempt], "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
 def _training_state(step: int, optimizer: torch.optim.Optimizer, backbone) -> dict:
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": get_rng_state()}
     if backbone is not None:
@@ -152,9 +167,10 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     backbone = getattr(source, "backbone", None)
     if backbone is not None:
         loss_module = _WithEncoder(loss_module, backbone.model)
-    parameters = [p for p in loss_module.parameters() if p.requires_grad]
-    optimizer = ClippedAdam(parameters, lr=cfg.lr, lrd=cfg.lr_decay ** (1 / cfg.steps), clip_norm=cfg.clip_norm,
-                            weight_decay=cfg.weight_decay)
+    if cfg.weight_decay == "auto":
+        raise ConfigError("--weight-decay auto is resolved by a VRM fit; the RM's is --model rm-tuned")
+    optimizer = ClippedAdam(_parameter_groups(loss_module, cfg.weight_decay), lr=cfg.lr,
+                            lrd=cfg.lr_decay ** (1 / cfg.steps), clip_norm=cfg.clip_norm)
     ckpt = checkpointing
     start = _restore(ckpt, optimizer, backbone) if ckpt is not None and ckpt.resume else 0
     if rank > 0:  # the same initial parameters everywhere (DDP broadcasts rank 0's), other draws

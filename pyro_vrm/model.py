@@ -10,6 +10,11 @@ For each preference pair n (prompt x_n, chosen response y_n^c, rejected response
     r(w, z) &= w \cdot s(z)                                       && \text{reward} \\
     y_n &\sim \mathrm{Bernoulli}(\sigma(r(w_n, z_n^c) - r(w_n, z_n^r))) && y_n = 1: \text{chosen wins}
 
+With a conditional prior (empirical Bayes, DESIGN.md section 3c), the hidden states h_x of the prompt
+and h_xy of each response enter the story: w_n ~ Dirichlet(alpha(h_x)) and z ~ N(mu(h_x, h_xy),
+diag sigma(h_x, h_xy)^2), networks that start at alpha0, mu0 and Sigma0 and are fitted by marginal
+likelihood; the KL then measures what the labels and aspects add beyond the hidden states.
+
 Optionally, A and b are global latents with Normal priors (a Bayesian decoder), alpha0 has a
 LogNormal hyperprior, and, with aspect annotations observed (``aspects``), a_n^c ~ N(s(z_n^c), sigma_a) and
 a_n^r ~ N(s(z_n^r), sigma_a), which ties each decoder output to a named aspect; sigma_a is fixed,
@@ -27,11 +32,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.nn.functional import softplus
+
+from .networks import MIN_CONCENTRATION, mlp, softplus_inverse
 
 if TYPE_CHECKING:  # the model reads only the batch's index; the batch type lives with the features
     from .features import PairBatch
 
-__all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "model", "aspect_noise", "SITES"]
+__all__ = ["Priors", "LinearDecoder", "MLPDecoder", "make_decoder", "ConditionalPrior", "model", "aspect_noise",
+           "SITES"]
 
 # Sample-site and plate names, shared with the guide (guide.py).
 SITES = {
@@ -256,6 +265,59 @@ def make_decoder(kind: str, latent_dim: int, num_objectives: int, bayesian: bool
 
 
 # ---------------------------------------------------------------------------------------------
+# Conditional priors: the hidden states in the story (empirical Bayes).
+# ---------------------------------------------------------------------------------------------
+class ConditionalPrior(nn.Module):
+    """p(w | h_x) = Dirichlet(alpha(h_x)) and p(z | h_x, h_xy) = Normal(mu, diag sigma^2)(h_x, h_xy).
+
+    Each network's output layer starts near zero with its bias at ``priors``' alpha0, mu0 and
+    sigma0 (feature_scale), so a fit starts from the fixed prior. The networks are parameters of
+    the model, fitted with the decoder by the ELBO at weight 1: by marginal likelihood.
+
+    Examples:
+        >>> prior = ConditionalPrior(hidden_size=5, num_objectives=3, latent_dim=2, width=8, depth=1)
+        >>> p_w, p_z = prior.objective_weights(torch.zeros(4, 5)), prior.semantic_features(torch.zeros(4, 5), torch.zeros(4, 5))
+        >>> p_w.batch_shape, p_z.event_shape, round(float(p_z.base_dist.scale[0, 0]), 3)
+        (torch.Size([4]), torch.Size([2]), 1.0)
+    """
+
+    def __init__(self, hidden_size: int, num_objectives: int, latent_dim: int, width: int, depth: int,
+                 priors: Priors = Priors()):
+        super().__init__()
+        self.check_priors(priors)
+        concentration = torch.as_tensor(priors.concentration, dtype=torch.get_default_dtype()).expand(num_objectives)
+        self.latent_dim = latent_dim
+        self.weight_net = mlp(hidden_size, width, depth, num_objectives)
+        self.feature_net = mlp(2 * hidden_size, width, depth, 2 * latent_dim)
+        with torch.no_grad():
+            for net in (self.weight_net, self.feature_net):
+                net[-1].weight.mul_(0.1)
+            self.weight_net[-1].bias.copy_(softplus_inverse(concentration - MIN_CONCENTRATION))
+            self.feature_net[-1].bias[:latent_dim].fill_(priors.feature_loc)
+            self.feature_net[-1].bias[latent_dim:].fill_(softplus_inverse(priors.feature_scale))
+
+    @staticmethod
+    def check_priors(priors: Priors) -> None:
+        """Raise ValueError for priors a conditional prior cannot start from."""
+        if priors.feature_scale_tril is not None or priors.feature_df is not None or priors.concentration_hyperprior:
+            raise ValueError("a conditional prior learns a Dirichlet and a diagonal Normal: it starts from "
+                             "Priors.concentration, feature_loc and feature_scale and takes no scale_tril, "
+                             "feature_df or concentration_hyperprior")
+        if min(priors.concentration if isinstance(priors.concentration, tuple) else (priors.concentration,)) \
+                <= MIN_CONCENTRATION:
+            raise ValueError(f"a conditional prior's Priors.concentration must exceed {MIN_CONCENTRATION}")
+
+    def objective_weights(self, prompt_state: torch.Tensor) -> dist.Dirichlet:
+        """p(w | h_x) from h_x (B, H), batch shape (B,)."""
+        return dist.Dirichlet(softplus(self.weight_net(prompt_state)) + MIN_CONCENTRATION)
+
+    def semantic_features(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> dist.Distribution:
+        """p(z | h_x, h_xy) from (B, H) states (or (2, B, H) for both responses), event shape (d,)."""
+        loc, raw_scale = self.feature_net(torch.cat([prompt_state, response_state], -1)).chunk(2, -1)
+        return dist.Normal(loc, softplus(raw_scale) + 1e-3).to_event(1)
+
+
+# ---------------------------------------------------------------------------------------------
 # The model.
 # ---------------------------------------------------------------------------------------------
 def model(
@@ -265,12 +327,13 @@ def model(
     num_pairs: int | None = None,
     preferences: torch.Tensor | None = None,
     aspects: tuple[torch.Tensor, torch.Tensor] | None = None,
+    conditional_prior: ConditionalPrior | None = None,
 ) -> torch.Tensor:
     """The generative story above, for a minibatch of B pairs out of ``num_pairs``.
 
     Args:
-        batch: the minibatch; the model reads only ``batch.index`` (B,), the pairs' positions
-            in the data set. Its hidden states are for the guide.
+        batch: the minibatch: ``batch.index`` (B,), the pairs' positions in the data set, and,
+            under a conditional prior, the hidden states (B, H) each; otherwise they are the guide's.
         decoder: r(w, z), a :class:`LinearDecoder` or :class:`MLPDecoder`.
         priors: every prior of the model.
         num_pairs: N, the size of the data set (default B): the plate scales log-densities by
@@ -279,6 +342,7 @@ def model(
         aspects: (a^c, a^r), each (B, K), standardized aspect scores observed around s(z) with
             sd sigma_a (``priors.aspect_noise``, or the decoder's learned one, whose HalfNormal
             prior then enters once); None leaves them out of the model.
+        conditional_prior: p(w | h_x) and p(z | h_x, h_xy) in place of ``priors``' fixed ones.
 
     Returns:
         y (B,).
@@ -299,10 +363,18 @@ def model(
         decoder_draws["weight"] = pyro.sample("decoder_weight", priors.decoder_weight(num_objectives, latent_dim))
         decoder_draws["bias"] = pyro.sample("decoder_bias", priors.decoder_bias(num_objectives))
 
+    if conditional_prior is None:
+        p_weights = priors.objective_weights(concentration)
+        p_chosen = p_rejected = priors.semantic_features(latent_dim, like)
+    else:  # the hidden states enter the story
+        p_weights = conditional_prior.objective_weights(batch.prompt_state)
+        p_chosen = conditional_prior.semantic_features(batch.prompt_state, batch.chosen_state)
+        p_rejected = conditional_prior.semantic_features(batch.prompt_state, batch.rejected_state)
+
     with pyro.plate(SITES["plate"], num_pairs or len(index), subsample=index):
-        w = pyro.sample(SITES["weights"], priors.objective_weights(concentration))
-        z_chosen = pyro.sample(SITES["chosen"], priors.semantic_features(latent_dim, like))
-        z_rejected = pyro.sample(SITES["rejected"], priors.semantic_features(latent_dim, like))
+        w = pyro.sample(SITES["weights"], p_weights)
+        z_chosen = pyro.sample(SITES["chosen"], p_chosen)
+        z_rejected = pyro.sample(SITES["rejected"], p_rejected)
 
         rewards, scores = decoder(w, torch.stack([z_chosen, z_rejected]), **decoder_draws)  # (2, B), (2, B, K)
         r_chosen, r_rejected = rewards.unbind(0)

@@ -221,7 +221,7 @@ def step_metrics(loss: VRMLoss, batch: PairBatch, num_pairs: int) -> dict:
 def _step_metrics(loss: VRMLoss, batch: PairBatch, num_pairs: int) -> dict:
     vrm, terms = loss.vrm, loss.objective.terms
     own = batch._replace(index=torch.arange(len(batch.index), device=batch.index.device))
-    kl = kl_terms(vrm, own)
+    kl = kl_terms(vrm, own, aspects=loss.batch_aspects(batch))
     log_lik = expected_log_likelihood(vrm, own, loss.batch_aspects(batch), num_particles=1).mean()
     kl_per_pair = kl.total(num_pairs) / num_pairs
     mean_c, _ = reward_posterior(vrm, batch.prompt_state, batch.chosen_state, num_samples=32)

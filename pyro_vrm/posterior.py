@@ -23,7 +23,7 @@ from pyro.infer import Predictive
 from torch.distributions import kl_divergence
 
 from .features import PairBatch
-from .model import LinearDecoder
+from .model import SITES, LinearDecoder
 from .vrm import VRM
 
 __all__ = ["reward_posterior", "pair_posterior", "KLTerms", "kl_terms", "expected_log_likelihood"]
@@ -38,13 +38,14 @@ def _exact(vrm: VRM) -> bool:
 @torch.no_grad()
 def reward_posterior(vrm: VRM, prompt_state: torch.Tensor, response_state: torch.Tensor,
                      num_samples: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and sd of r(w, z) for responses to prompts: states (B, H) -> (B,), (B,)."""
+    """Posterior mean and sd of r(w, z) for responses to prompts: states (B, H) -> (B,), (B,).
+    Under a conditional prior, a new response's latents are the prior's given its states."""
     if not _exact(vrm):
         batch = PairBatch(torch.arange(len(prompt_state)), prompt_state, response_state, response_state)
         rewards = _reward_samples(vrm, batch, num_samples)[0]
         return rewards.mean(0), rewards.std(0)
-    q_w = vrm.amortized_guide.weight_posterior(prompt_state)
-    q_z = vrm.amortized_guide.feature_posterior(prompt_state, response_state).base_dist
+    q_w, q_z = vrm.latent_predictive(prompt_state, response_state)
+    q_z = q_z.base_dist
     A, b = vrm.decoder.weight, vrm.decoder.bias                         # (K, d), (K,)
     m_w, alpha0 = q_w.mean, q_w.concentration.sum(-1, keepdim=True)     # (B, K), (B, 1)
     m_s = q_z.loc @ A.T + b                                             # (B, K)
@@ -59,7 +60,7 @@ def reward_posterior(vrm: VRM, prompt_state: torch.Tensor, response_state: torch
 
 def _reward_samples(vrm: VRM, batch: PairBatch, num_samples: int) -> torch.Tensor:
     """(2, S, B) posterior draws of the chosen and rejected rewards (shared w per pair)."""
-    predictive = Predictive(vrm.model, guide=vrm.guide, num_samples=num_samples, parallel=True,
+    predictive = Predictive(vrm.model, guide=vrm.predictive_guide, num_samples=num_samples, parallel=True,
                             return_sites=["chosen_reward", "rejected_reward"])
     draws = predictive(batch, num_pairs=len(batch.index))
     return torch.stack([draws["chosen_reward"], draws["rejected_reward"]]).reshape(
@@ -113,11 +114,15 @@ class KLTerms:
         return self.local.mean() * num_pairs + self.global_kl
 
 
-def kl_terms(vrm: VRM, batch: PairBatch, num_samples: int = 64) -> KLTerms:
+def kl_terms(vrm: VRM, batch: PairBatch, num_samples: int = 64,
+             aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> KLTerms:
     """The KL terms of the objective for the pairs of ``batch``: closed form where torch has
     one, else a Monte Carlo estimate from ``num_samples`` draws of q. The one place they are
     computed: training metrics, the full-data ELBO, the KL per pair and the PAC-Bayes bound read
-    them here."""
+    them here. Under a conditional prior, q is the guide given the pairs' preferences (y = 1) and
+    ``aspects`` ((B, K) each, which a fit that observes them needs), p the conditional prior."""
+    if vrm.conditional_prior is not None:
+        return _conditional_kl_terms(vrm, batch, aspects)
     guide, priors = vrm.amortized_guide, vrm.priors
     like = batch.prompt_state
     exact = True
@@ -139,6 +144,22 @@ def kl_terms(vrm: VRM, batch: PairBatch, num_samples: int = 64) -> KLTerms:
     for q, p in _global_posteriors(vrm, batch).values():
         global_kl = global_kl + kl_divergence(q, p).sum()
     return KLTerms(kl_w, kl_z[0], kl_z[1], global_kl, exact)
+
+
+def _conditional_kl_terms(vrm: VRM, batch: PairBatch, aspects) -> KLTerms:
+    with poutine.block():
+        trace = poutine.trace(vrm.local_guide).get_trace(batch, preferences=torch.ones(len(batch.index)),
+                                                         aspects=aspects)
+    prior = vrm.conditional_prior
+    q = {name: site["fn"] for name, site in trace.iter_stochastic_nodes()}
+    p = {SITES["weights"]: prior.objective_weights(batch.prompt_state),
+         SITES["chosen"]: prior.semantic_features(batch.prompt_state, batch.chosen_state),
+         SITES["rejected"]: prior.semantic_features(batch.prompt_state, batch.rejected_state)}
+    kl = {name: kl_divergence(q[name], p[name]) for name in p}
+    global_kl = batch.prompt_state.new_zeros(())
+    for q_global, p_global in _global_posteriors(vrm, batch).values():
+        global_kl = global_kl + kl_divergence(q_global, p_global).sum()
+    return KLTerms(kl[SITES["weights"]], kl[SITES["chosen"]], kl[SITES["rejected"]], global_kl, True)
 
 
 def _kl(q, p, num_samples: int) -> tuple[torch.Tensor, bool]:
@@ -174,7 +195,8 @@ def expected_log_likelihood(vrm: VRM, batch: PairBatch, aspects: tuple[torch.Ten
     preferences = torch.ones(num_pairs, device=batch.index.device)
     total = 0.0
     for _ in range(num_particles):
-        guide_trace = poutine.trace(vrm.guide).get_trace(batch, num_pairs=num_pairs)
+        guide_trace = poutine.trace(vrm.guide).get_trace(batch, num_pairs=num_pairs, preferences=preferences,
+                                                         aspects=aspects)
         model_trace = poutine.trace(poutine.replay(vrm.model, trace=guide_trace)).get_trace(
             batch, num_pairs=num_pairs, preferences=preferences, aspects=aspects)
         total = total + sum(site["fn"].log_prob(site["value"]) for site in model_trace.nodes.values()

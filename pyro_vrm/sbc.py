@@ -8,23 +8,26 @@ held-out pair, with the contraction and z-scores that tell a calibrated q from t
 
 from __future__ import annotations
 
+from functools import partial
+
 import arviz as az
 import numpy as np
 import pyro.distributions as dist
 import scipy.stats
 import torch
 from matplotlib.figure import Figure
+from pyro import poutine
 from pyro.infer import Predictive
 
 from .bounds import observed_aspects
 from .diagnostics import LATENTS, REWARDS, _batch, _local_model, _pair_log_probs
-from .features import PairBatch
-from .model import SITES
+from .features import PairBatch, PreferenceFeatures
+from .model import SITES, aspect_noise
 from .simulation import SimulatedData
 from .supervision import Standardizer
 from .vrm import VRM
 
-__all__ = ["rank_uniformity", "simulation_based_calibration", "plot_sbc_ecdf"]
+__all__ = ["rank_uniformity", "simulate_from_fit", "simulation_based_calibration", "plot_sbc_ecdf"]
 
 
 def _observed_log_likelihood(fn, draws: dict, batch: PairBatch, **kwargs) -> torch.Tensor:
@@ -45,6 +48,44 @@ def _true_log_likelihood(data: SimulatedData, standardizer: Standardizer | None,
         noise = data.config.aspect_noise / standardizer.sd
         log_lik = log_lik + dist.Normal(standardizer(scores), noise).log_prob(observed).sum((0, -1))
     return log_lik
+
+
+@torch.no_grad()
+def simulate_from_fit(vrm: VRM, features: PreferenceFeatures, standardizer: Standardizer | None = None,
+                      seed: int = 0) -> SimulatedData:
+    """Pairs drawn from a fitted VRM's own model at the hidden states of ``features``: w, z_c and
+    z_r from its prior (a conditional prior's, given the states), y from its decoder and, when it
+    observes aspects, a ~ N(s(z), sigma_a) with its sigma_a, on the standardized scale, returned on
+    the raw scale of ``standardizer``; global latents at their guide's medians. Pairs where y = 0
+    are swapped, states and all, so that the chosen response won.
+
+    Under empirical Bayes the prior's networks are fitted, not given, so SBC of a conditional
+    prior's guide is SBC of the local posterior under the fitted model: it checks the inference,
+    not the fit of the prior, which held-out real pairs check. The returned data's ``test`` holds
+    the pairs, its ``truth["test"]`` their latents, rewards and ``log_likelihood``, log p(y = 1, a |
+    latents) under the fit.
+    """
+    batch = _batch(features)
+    model = _local_model(vrm, batch)
+    with poutine.seed(rng_seed=seed):
+        trace = poutine.trace(model).get_trace(batch)
+        values = {name: trace.nodes[name]["value"] for name in (*LATENTS, *REWARDS, SITES["preference"])}
+        lost = values.pop(SITES["preference"]) == 0
+        states = [features.chosen_state.clone(), features.rejected_state.clone()]
+        for first, second in ((values[SITES["chosen"]], values[SITES["rejected"]]),
+                              (values["chosen_reward"], values["rejected_reward"]), states):
+            first[lost], second[lost] = second[lost].clone(), first[lost].clone()
+        aspects = None
+        if vrm.config.observe_aspects:
+            _, scores = vrm.decoder(values[SITES["weights"]], torch.stack([values[SITES["chosen"]],
+                                                                            values[SITES["rejected"]]]))
+            aspects = tuple(scores + aspect_noise(vrm.decoder, vrm.priors) * torch.randn_like(scores))
+    raw = (None, None) if aspects is None else tuple(standardizer.mean + standardizer.sd * a for a in aspects)
+    pairs = PreferenceFeatures(features.prompt_state, *states, features.prompt_id, *raw)
+    log_lik = _observed_log_likelihood(model, {name: values[name][None] for name in LATENTS}, batch._replace(
+        chosen_state=states[0], rejected_state=states[1]), preferences=torch.ones(len(features)), aspects=aspects)[0]
+    return SimulatedData(config=None, train=pairs.select(torch.arange(0)), test=pairs, decoder=vrm.decoder,
+                         truth={"test": {**values, "log_likelihood": log_lik}})
 
 
 def rank_uniformity(ranks: np.ndarray, num_draws: int, bins: int = 20) -> float:
@@ -90,9 +131,10 @@ def simulation_based_calibration(vrm: VRM, data: SimulatedData, standardizer: St
     batch = _batch(test)
     model = _local_model(vrm, batch)
     sites = [*LATENTS, *REWARDS]
-    q = Predictive(model, guide=vrm.amortized_guide, num_samples=num_draws, parallel=True, return_sites=sites)(batch)
-    prior = Predictive(model, num_samples=num_draws, parallel=True, return_sites=sites)(batch)
     aspects = observed_aspects(vrm, test, standardizer)
+    guide = partial(vrm.local_guide, preferences=torch.ones(len(test)), aspects=aspects)
+    q = Predictive(model, guide=guide, num_samples=num_draws, parallel=True, return_sites=sites)(batch)
+    prior = Predictive(model, num_samples=num_draws, parallel=True, return_sites=sites)(batch)
     q_log_lik = _observed_log_likelihood(model, {name: q[name] for name in LATENTS}, batch,
                                          preferences=torch.ones(len(test)), aspects=aspects)
 
@@ -102,7 +144,8 @@ def simulation_based_calibration(vrm: VRM, data: SimulatedData, standardizer: St
     quantities = {  # name: (q's draws (S, B, ...), the truth (B, ...))
         "objective_weights": (q[SITES["weights"]], truth[SITES["weights"]]),
         "margin": (margin(q), truth["chosen_reward"] - truth["rejected_reward"]),
-        "log_likelihood": (q_log_lik, _true_log_likelihood(data, standardizer, aspects is not None)),
+        "log_likelihood": (q_log_lik, truth["log_likelihood"] if "log_likelihood" in truth
+                           else _true_log_likelihood(data, standardizer, aspects is not None)),
     }
     ranks = {name: (draws < true).sum(0).numpy() for name, (draws, true) in quantities.items()}
     w_pvalues = [rank_uniformity(ranks["objective_weights"][:, k], num_draws, bins) for k in range(vrm.num_objectives)]

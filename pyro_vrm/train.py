@@ -25,7 +25,8 @@ from .supervision import Standardizer, supervision_target
 from .twin import DeterministicTwin, TwinLoss
 from .vrm import VRM
 
-__all__ = ["supervision_setup", "resolve_model_config", "fit_vrm", "select_kl_weight", "KL_WEIGHT_GRID",
+__all__ = ["supervision_setup", "resolve_model_config", "fit_vrm", "select_kl_weight", "select_on_validation",
+           "KL_WEIGHT_GRID", "AUTO_GRIDS",
            "fit_reward_model", "fit_twin", "WEIGHT_DECAY_GRID",
            "fit_tuned_reward_model", "fit_temperature_scaled_reward_model", "validation_log_likelihood"]
 
@@ -33,6 +34,8 @@ __all__ = ["supervision_setup", "resolve_model_config", "fit_vrm", "select_kl_we
 WEIGHT_DECAY_GRID = (0.0, 1e-4, 1e-3, 1e-2, 0.1)
 # KL weights beta that ``--kl-weight auto`` chooses from, the same way; 1 is the model's own posterior.
 KL_WEIGHT_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+# What ``"auto"`` chooses from, per TrainConfig field, for VRM.
+AUTO_GRIDS = {"kl_weight": KL_WEIGHT_GRID, "weight_decay": WEIGHT_DECAY_GRID}
 
 
 def supervision_setup(train: PreferenceFeatures, config: TrainConfig):
@@ -73,9 +76,10 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         model_config: sizes, decoder and guide networks; ``observe_aspects=None`` observes the
             aspect scores when the data carry them.
         train_config: optimisation, KL weight beta and supervision lambda (defaults: the
-            recommended preset; :func:`pyro_vrm.config.preset` gives the paper's). A KL weight
-            of ``"auto"`` is chosen first by :func:`select_kl_weight`; the checkpoint's config
-            records the choice (``train.kl_weight``) and the table (``kl_weight_selection``).
+            recommended preset; :func:`pyro_vrm.config.preset` gives the others). A KL weight or
+            weight decay of ``"auto"`` is chosen first by :func:`select_on_validation` from
+            :data:`AUTO_GRIDS`; the checkpoint's config records the choice (``train.kl_weight``,
+            ``train.weight_decay``) and the table (``kl_weight_selection``, ``weight_decay_selection``).
         priors: every prior of the model.
         run: a run folder for ``metrics.jsonl`` and checkpoints.
         progress: show a progress bar.
@@ -84,7 +88,8 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         resume: go on from ``run``'s checkpoint, if it holds one.
 
     Returns:
-        The fitted :class:`~pyro_vrm.vrm.VRM` and the aspect standardizer (None without scores).
+        The fitted :class:`~pyro_vrm.vrm.VRM`, whose ``selections`` holds the validation tables of
+        any ``"auto"`` setting, and the aspect standardizer (None without scores).
 
     Examples:
         >>> from pyro_vrm.simulation import SimulationConfig, simulate
@@ -93,11 +98,12 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         >>> vrm.config.observe_aspects, vrm.num_objectives
         (True, 4)
     """
-    cfg, selection = train_config, None
-    if cfg.kl_weight == "auto":
-        selection = select_kl_weight(train, model_config, cfg, priors)
-        cfg = replace(cfg, kl_weight=max(selection, key=lambda row: (row["validation_log_lik"], row["kl_weight"]))
-                      ["kl_weight"])
+    cfg, selections = train_config, {}
+    for setting, grid in AUTO_GRIDS.items():
+        if getattr(cfg, setting) == "auto":
+            table = select_on_validation(train, model_config, cfg, priors, setting, grid)
+            best = max(table, key=lambda row: (row["validation_log_lik"], row[setting]))
+            cfg, selections[f"{setting}_selection"] = replace(cfg, **{setting: best[setting]}), table
     seed_everything(cfg.seed)
     model_config = resolve_model_config(train, model_config)
     vrm = VRM(model_config, train.hidden_size, model_config.num_objectives, priors)
@@ -110,36 +116,44 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     config = {"kind": "vrm", "model": asdict(model_config), "train": asdict(cfg), "priors": priors.to_dict(),
               "priors_repr": repr(priors), "hidden_size": train.hidden_size,
               "num_objectives": model_config.num_objectives}
-    if selection is not None:
-        config["kl_weight_selection"] = selection
+    config.update(selections)
     extra = None if standardizer is None else standardizer.to_extra()
     optimize(loss, train, cfg, targets=targets, checkpointing=_checkpointing(run, config, vrm, extra, resume),
              metrics=lambda batch: step_metrics(loss, batch, len(train)), progress=progress,
              monitor=(lambda: monitor(vrm)) if monitor else None, desc="svi")
+    vrm.selections = selections  # the validation tables of the settings chosen by "auto", if any
     return vrm, standardizer
 
 
 def select_kl_weight(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
                      train_config: TrainConfig = TrainConfig(), priors: Priors = Priors(),
                      grid: tuple[float, ...] = KL_WEIGHT_GRID, validation_fraction: float = 0.2) -> list[dict]:
-    """One row per KL weight beta of ``grid``: VRM fitted at beta to the training pairs less a
-    ``validation_fraction`` of their prompts, scored on those held-out pairs by the mean log
-    posterior predictive P(chosen wins) (``validation_log_lik``) and the accuracy.
+    """:func:`select_on_validation` of the KL weight beta. beta is a property of the data set:
+    where aspect scores pin the features down a small beta costs nothing, where only the
+    preferences speak it makes q overconfident (DESIGN.md 3c)."""
+    return select_on_validation(train, model_config, train_config, priors, "kl_weight", grid, validation_fraction)
 
-    beta is a property of the data set: where aspect scores pin the features down a small beta
-    costs nothing, where only the preferences speak it makes q overconfident (DESIGN.md 3c).
+
+def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, train_config: TrainConfig,
+                         priors: Priors, setting: str, grid: tuple[float, ...],
+                         validation_fraction: float = 0.2) -> list[dict]:
+    """One row per value of ``grid`` of the :class:`TrainConfig` field ``setting``: VRM fitted
+    with it to the training pairs less a ``validation_fraction`` of their prompts, scored on those
+    held-out pairs by the mean log posterior predictive P(chosen wins) (``validation_log_lik``)
+    and the accuracy. A conditional prior is fitted by marginal likelihood and overfits a small
+    data set as the RM does; its weight decay is chosen this way (DESIGN.md 3c).
     """
     from .evaluate import _log_loss, predict  # evaluation reads fits; fitting needs it only here
 
     if not isinstance(train, PreferenceFeatures):
-        raise ValueError("--kl-weight auto needs cached hidden states (--finetune none): it scores "
-                         "validation fits through a frozen backbone's states")
+        raise ValueError(f"--{setting.replace('_', '-')} auto needs cached hidden states (--finetune none): it "
+                         "scores validation fits through a frozen backbone's states")
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
     table = []
-    for beta in grid:
-        vrm, _ = fit_vrm(fit_part, model_config, replace(train_config, kl_weight=beta), priors, progress=False)
+    for value in grid:
+        vrm, _ = fit_vrm(fit_part, model_config, replace(train_config, **{setting: value}), priors, progress=False)
         predictions = predict(vrm, validation)
-        table.append({"kl_weight": beta, "validation_log_lik": -_log_loss(predictions.prob_chosen),
+        table.append({setting: value, "validation_log_lik": -_log_loss(predictions.prob_chosen),
                       "validation_accuracy": float(predictions.correct.mean())})
     return table
 

@@ -22,7 +22,8 @@ from torch.distributions import Normal
 from torch.nn.functional import logsigmoid
 
 from .features import PairBatch
-from .guide import WeightEncoder, mlp
+from .guide import WeightEncoder
+from .networks import mlp
 from .model import LinearDecoder, Priors, aspect_noise
 
 __all__ = ["DeterministicTwin", "TwinLoss"]

@@ -8,6 +8,7 @@ checkpoint is a ``state_dict``, and nothing needs ``pyro.clear_param_store()``.
 
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoNormal
@@ -17,8 +18,8 @@ from pyro.util import get_rng_state, set_rng_state
 
 from .config import ModelConfig
 from .features import PairBatch
-from .guide import AmortizedGuide
-from .model import Priors, make_decoder, model
+from .guide import AmortizedGuide, PairGuide
+from .model import ConditionalPrior, Priors, make_decoder, model
 from .runs import RunDir
 from .supervision import Standardizer
 
@@ -27,7 +28,8 @@ __all__ = ["VRM", "build_vrm", "load_vrm"]
 
 class VRM(PyroModule):
     """The fitted objects of one VRM: ``decoder`` (theta: A, b and, when aspects are observed
-    with a learned noise, sigma_a), ``amortized_guide`` (phi, the local latents' q),
+    with a learned noise, sigma_a), ``conditional_prior`` (p(w | h_x) and p(z | h), with
+    ``config.conditional_prior``; else None), ``amortized_guide`` (phi, the local latents' q),
     ``global_guide`` (an ``AutoNormal`` over the global latents: a Bayesian decoder's A and b,
     the hyperprior's log alpha0; None without them) and ``priors``.
 
@@ -58,23 +60,65 @@ class VRM(PyroModule):
         learn_aspect_noise = bool(config.observe_aspects) and priors.aspect_noise is None and config.decoder == "linear"
         self.decoder = make_decoder(config.decoder, config.latent_dim, num_objectives,
                                     bayesian=config.bayesian_decoder, learn_aspect_noise=learn_aspect_noise)
-        self.amortized_guide = AmortizedGuide(
-            hidden_size, num_objectives, config.latent_dim, config.width, config.depth,
-            config.init_concentration, config.init_scale)
+        if config.conditional_prior:
+            self.conditional_prior = ConditionalPrior(hidden_size, num_objectives, config.latent_dim, config.width,
+                                                      config.depth, priors)
+            num_aspects = num_objectives if config.observe_aspects else 0
+            self.amortized_guide = PairGuide(num_objectives, config.latent_dim, num_aspects, config.width,
+                                             config.depth)
+        else:
+            self.conditional_prior = None
+            self.amortized_guide = AmortizedGuide(
+                hidden_size, num_objectives, config.latent_dim, config.width, config.depth,
+                config.init_concentration, config.init_scale)
         self.has_global_latents = config.bayesian_decoder or priors.concentration_hyperprior is not None
         self.global_guide = AutoNormal(self.global_model, init_scale=0.05) if self.has_global_latents else None
 
     def model(self, batch: PairBatch, num_pairs: int | None = None, preferences: torch.Tensor | None = None,
               aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """:func:`pyro_vrm.model.model` with this fit's decoder and priors."""
-        return model(batch, self.decoder, self.priors, num_pairs, preferences, aspects)
+        return model(batch, self.decoder, self.priors, num_pairs, preferences, aspects, self.conditional_prior)
 
     def guide(self, batch: PairBatch, num_pairs: int | None = None, preferences: torch.Tensor | None = None,
               aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """q of every latent: the global latents' AutoNormal, if any, then the amortized guide."""
+        """q of every latent: the global latents' AutoNormal, if any, then the local latents'."""
         if self.global_guide is not None:
             self.global_guide(batch, num_pairs, preferences, aspects)
-        self.amortized_guide(batch, num_pairs, preferences, aspects)
+        self.local_guide(batch, num_pairs, preferences, aspects)
+
+    def local_guide(self, batch: PairBatch, num_pairs: int | None = None, preferences: torch.Tensor | None = None,
+                    aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """q of the pairs' own latents, w, z_c and z_r: the amortized guide (under a conditional
+        prior, the :class:`~pyro_vrm.guide.PairGuide`, which reads the preferences and aspects)."""
+        if self.conditional_prior is None:
+            self.amortized_guide(batch, num_pairs, preferences, aspects)
+        else:
+            self.amortized_guide(batch, num_pairs, preferences, aspects, prior=self.conditional_prior)
+
+    def predictive_guide(self, batch: PairBatch, num_pairs: int | None = None, preferences: torch.Tensor | None = None,
+                         aspects: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """What a new pair's rewards are drawn from before its label is seen: the global latents'
+        q and the label-blind amortized guide; under a conditional prior, the model's own prior
+        draws the local latents, so only the global latents are guided."""
+        if self.conditional_prior is None:
+            return self.guide(batch, num_pairs, preferences, aspects)
+        if self.global_guide is not None:
+            self.global_guide(batch, num_pairs, preferences, aspects)
+
+    def latent_predictive(self, prompt_state: torch.Tensor,
+                          response_state: torch.Tensor) -> tuple[dist.Dirichlet, dist.Distribution]:
+        """(w's, z's) distribution for responses to prompts, from their states (B, H) alone: the
+        conditional prior, or the guide's q(w | x), q(z | x, y); batch shape (B,)."""
+        if self.conditional_prior is None:
+            guide = self.amortized_guide
+            return guide.weight_posterior(prompt_state), guide.feature_posterior(prompt_state, response_state)
+        prior = self.conditional_prior
+        return prior.objective_weights(prompt_state), prior.semantic_features(prompt_state, response_state)
+
+    def decayed_parameters(self):
+        """What ``--weight-decay`` shrinks: every parameter, or under a conditional prior the prior's
+        networks only, the part of the model fitted by marginal likelihood that overfits."""
+        return (self.conditional_prior if self.conditional_prior is not None else self).parameters()
 
     def global_model(self, *args, **kwargs):
         """The model with only its global latents exposed (the unobserved sites outside every

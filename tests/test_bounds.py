@@ -62,5 +62,8 @@ def test_the_bound_is_refused_where_the_kl_has_no_closed_form(small_data):
     vrm = make_vrm(small_data, Priors(feature_df=4.0))
     with pytest.raises(BoundNotCovered, match="no closed form"):
         pac_bayes(vrm, small_data.train, gibbs_error=0.3)
+    with pytest.raises(BoundNotCovered, match="fitted to the same training pairs"):
+        pac_bayes(make_vrm(small_data, conditional_prior=True, observe_aspects=False), small_data.train,
+                  gibbs_error=0.3)
     covered = pac_bayes(make_vrm(small_data), small_data.train, gibbs_error=0.3)
     assert covered["pac_bayes_bound"] > 0.3

@@ -73,6 +73,8 @@ def test_test_fraction_acts_on_simulated_data(tmp_path, capsys):
     (["--prior-concentration-hyperprior", "0,-1"], "--prior-concentration-hyperprior needs a positive scale"),
     (["--prior-feature-df", "many"], "argument --prior-feature-df"),
     (["--kl-weight", "0"], "--kl-weight must be positive"),
+    (["--weight-decay", "lots"], "--weight-decay must be a number >= 0 or auto"),
+    (["--conditional-prior", "--prior-feature-df", "4"], "a conditional prior learns a Dirichlet"),
     (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
 ])
 def test_bad_arguments_give_one_clear_line(capsys, argv, message):

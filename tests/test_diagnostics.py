@@ -9,7 +9,7 @@ from torch.nn.functional import logsigmoid
 
 from pyro_vrm.config import ModelConfig, TrainConfig
 from pyro_vrm.diagnostics import UnsupportedRun, diagnose, nuts_coverage, psis_khat, to_inference_data
-from pyro_vrm.guide import MIN_CONCENTRATION, _softplus_inverse
+from pyro_vrm.networks import MIN_CONCENTRATION, softplus_inverse
 from pyro_vrm.model import Priors
 from pyro_vrm.runs import RunDir
 from pyro_vrm.simulation import SimulationConfig, simulate
@@ -45,10 +45,10 @@ def prior_guide_vrm(feature_scale: float = 1.0) -> VRM:
         vrm.decoder.weight.mul_(4.0)  # rewards that vary, so the likelihood is not flat
         weights, features = vrm.amortized_guide.weight_encoder, vrm.amortized_guide.feature_encoder
         weights.net[-1].weight.zero_()
-        weights.net[-1].bias.fill_(_softplus_inverse(1.0 - MIN_CONCENTRATION))
+        weights.net[-1].bias.fill_(softplus_inverse(1.0 - MIN_CONCENTRATION))
         features.net[-1].weight.zero_()
         features.net[-1].bias[:d].zero_()
-        features.net[-1].bias[d:].fill_(_softplus_inverse(feature_scale - features.min_scale))
+        features.net[-1].bias[d:].fill_(softplus_inverse(feature_scale - features.min_scale))
     return vrm
 
 

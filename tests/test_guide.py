@@ -4,7 +4,8 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_vrm.features import PairBatch
-from pyro_vrm.guide import MIN_CONCENTRATION, AmortizedGuide, FeatureEncoder, WeightEncoder, mlp
+from pyro_vrm.guide import AmortizedGuide, FeatureEncoder, WeightEncoder
+from pyro_vrm.networks import MIN_CONCENTRATION, mlp
 from pyro_vrm.model import SITES, Priors
 from pyro import poutine
 
@@ -73,3 +74,45 @@ def test_the_smallest_concentration_of_q_w_draws_no_clamped_weight():
     with torch.no_grad():
         encoder.net[-1].bias.fill_(-50.0)  # as small as softplus allows
     assert torch.allclose(encoder(torch.randn(3, 7)), torch.full((3, 4), MIN_CONCENTRATION), atol=1e-6)
+
+
+def _conditional_vrm(observe_aspects=True):
+    from pyro_vrm.config import ModelConfig
+    from pyro_vrm.vrm import VRM
+    torch.manual_seed(0)
+    vrm = VRM(ModelConfig(latent_dim=3, width=16, depth=1, conditional_prior=True, observe_aspects=observe_aspects),
+              hidden_size=6, num_objectives=2)
+    with torch.no_grad():  # a prior that depends on the hidden states
+        for p in vrm.conditional_prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    batch = PairBatch(torch.arange(5), *(torch.randn(5, 6, generator=g) for _ in range(3)))
+    return vrm, batch, (torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g))
+
+
+def _local_q(vrm, batch, **kwargs):
+    trace = poutine.trace(vrm.local_guide).get_trace(batch, **kwargs)
+    return {name: site["fn"] for name, site in trace.iter_stochastic_nodes()}
+
+
+def test_pair_guide_starts_at_the_conditional_prior_and_reads_the_observations():
+    vrm, batch, aspects = _conditional_vrm()
+    q = _local_q(vrm, batch, aspects=aspects)
+    p_w = vrm.conditional_prior.objective_weights(batch.prompt_state)
+    p_z = vrm.conditional_prior.semantic_features(batch.prompt_state, batch.rejected_state)
+    assert torch.allclose(q[SITES["weights"]].concentration, p_w.concentration)
+    assert torch.allclose(q[SITES["rejected"]].base_dist.scale, p_z.base_dist.scale)
+    with torch.no_grad():
+        for net in (vrm.amortized_guide.weight_net, vrm.amortized_guide.feature_net):
+            net[-1].weight.normal_(0, 0.3)
+    base = _local_q(vrm, batch, aspects=aspects)
+    other_aspects = _local_q(vrm, batch, aspects=(aspects[0] + 1, aspects[1]))
+    other_label = _local_q(vrm, batch, aspects=aspects, preferences=torch.zeros(5))
+    for q_other in (other_aspects, other_label):
+        assert not torch.allclose(base[SITES["chosen"]].base_dist.loc, q_other[SITES["chosen"]].base_dist.loc)
+    # a label y = 0 is the swapped pair: each response's view is the other's
+    swapped = batch._replace(chosen_state=batch.rejected_state, rejected_state=batch.chosen_state)
+    mirror = _local_q(vrm, swapped, aspects=aspects[::-1], preferences=torch.zeros(5))
+    assert torch.allclose(mirror[SITES["chosen"]].base_dist.loc, base[SITES["rejected"]].base_dist.loc, atol=1e-6)
+    with pytest.raises(ValueError, match="aspect scores"):
+        _local_q(vrm, batch)

@@ -47,7 +47,8 @@ def test_model_samples_the_documented_sites_and_shapes():
 
 @pytest.mark.parametrize("config", [ModelConfig(latent_dim=3, width=8),
                                     ModelConfig(latent_dim=3, width=8, decoder="mlp"),
-                                    ModelConfig(latent_dim=3, width=8, bayesian_decoder=True)])
+                                    ModelConfig(latent_dim=3, width=8, bayesian_decoder=True),
+                                    ModelConfig(latent_dim=3, width=8, conditional_prior=True)])
 def test_guide_covers_exactly_the_models_latent_sites(config):
     vrm = VRM(config, hidden_size=5, num_objectives=4)
     batch, y = make_batch(), torch.ones(6)
@@ -135,3 +136,20 @@ def test_a_learned_aspect_noise_is_the_decoders_with_its_prior_once():
     assert not prior["cond_indep_stack"]  # outside the pairs plate: counted once, not per pair
     expected = torch.distributions.HalfNormal(2.0).log_prob(decoder.aspect_noise).sum()
     assert torch.allclose(prior["fn"].log_prob(prior["value"]), expected)
+
+
+def test_a_conditional_prior_starts_at_the_priors_and_puts_the_hidden_states_in_the_story():
+    priors = Priors(concentration=2.0, feature_loc=0.5, feature_scale=0.7)
+    vrm = VRM(ModelConfig(latent_dim=3, width=8, conditional_prior=True), hidden_size=5, num_objectives=4,
+              priors=priors)
+    batch = make_batch()
+    trace = poutine.trace(vrm.model).get_trace(batch)
+    p_w, p_z = trace.nodes[SITES["weights"]]["fn"], trace.nodes[SITES["chosen"]]["fn"].base_dist
+    assert torch.allclose(p_w.concentration, torch.full((6, 4), 2.0), atol=0.2)
+    assert torch.allclose(p_z.loc, torch.full((6, 3), 0.5), atol=0.2)
+    assert torch.allclose(p_z.scale, torch.full((6, 3), 0.7), atol=0.1)
+    moved = batch._replace(chosen_state=batch.chosen_state + 3.0)
+    assert not torch.allclose(poutine.trace(vrm.model).get_trace(moved).nodes[SITES["chosen"]]["fn"].base_dist.loc,
+                              p_z.loc)
+    with pytest.raises(ValueError, match="conditional prior"):
+        VRM(ModelConfig(latent_dim=3, width=8, conditional_prior=True), 5, 4, Priors(concentration=0.2))

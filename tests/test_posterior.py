@@ -132,3 +132,22 @@ def test_expected_log_likelihood_adds_the_aspect_likelihood():
             aspect_terms = aspect_terms + torch.distributions.Normal(scores, 1.0).log_prob(torch.zeros(())).sum(-1).mean(0)
     assert torch.all(without <= 0) and torch.all(without > -20)
     assert torch.allclose(with_aspects - without, aspect_terms, rtol=0.05, atol=0.2)
+
+
+def test_under_a_conditional_prior_a_new_responses_reward_is_the_priors_and_its_kl_is_zero_at_the_start():
+    vrm = VRM(ModelConfig(latent_dim=3, width=16, conditional_prior=True, observe_aspects=False), hidden_size=6,
+              num_objectives=4)
+    batch = make_batch()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in vrm.conditional_prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        mean, sd = reward_posterior(vrm, batch.prompt_state, batch.chosen_state)
+        prior = vrm.conditional_prior
+        w = prior.objective_weights(batch.prompt_state).sample((40_000,))
+        z = prior.semantic_features(batch.prompt_state, batch.chosen_state).sample((40_000,))
+        draws = vrm.decoder(w, z)[0]
+    assert torch.all((draws.mean(0) - mean).abs() < 5 * draws.std(0) / math.sqrt(len(draws)))
+    assert torch.allclose(draws.std(0), sd, rtol=0.03)
+    kl = kl_terms(vrm, batch)  # an untrained guide is the prior
+    assert torch.allclose(kl.local, torch.zeros(len(batch.index)), atol=1e-5)

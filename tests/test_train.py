@@ -265,3 +265,27 @@ def test_kl_weight_auto_refits_the_beta_that_validation_prefers_and_records_the_
     assert saved["train"]["kl_weight"] == chosen and len(saved["kl_weight_selection"]) == len(KL_WEIGHT_GRID)
     direct, _ = fit_vrm(noise, SMALL, replace(config, kl_weight=chosen), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(vrm.parameters(), direct.parameters()))
+
+
+def test_weight_decay_auto_chooses_on_validation_and_decays_only_a_conditional_priors_networks(small_data, tmp_path):
+    from pyro_vrm.loop import _parameter_groups
+    from pyro_vrm.objective import VRMLoss
+    from pyro_vrm.train import WEIGHT_DECAY_GRID, select_on_validation
+    conditional = replace(SMALL, conditional_prior=True)
+    config = quick(kl_weight=1.0)
+    table = select_on_validation(small_data.train, conditional, config, Priors(), "weight_decay", (0.0, 0.1))
+    assert [row["weight_decay"] for row in table] == [0.0, 0.1]
+    assert all(math.log(0.05) < row["validation_log_lik"] < 0 for row in table)
+    vrm, _ = fit_vrm(small_data.train, conditional, replace(config, weight_decay="auto"), run=RunDir(tmp_path),
+                     progress=False)
+    saved = RunDir(tmp_path).checkpoint_config()
+    chosen = max(saved["weight_decay_selection"], key=lambda row: (row["validation_log_lik"], row["weight_decay"]))
+    assert saved["train"]["weight_decay"] == chosen["weight_decay"]
+    assert len(vrm.selections["weight_decay_selection"]) == len(WEIGHT_DECAY_GRID)
+    groups = _parameter_groups(VRMLoss(vrm, VRMObjective(make_elbo(config), 0.0, "kl")), 0.1)
+    decayed = next(group["params"] for group in groups if group["weight_decay"] == 0.1)
+    assert {id(p) for p in decayed} == {id(p) for p in vrm.conditional_prior.parameters()}
+    fixed = VRM(SMALL, small_data.train.hidden_size, 4)
+    assert [len(g["params"]) for g in _parameter_groups(fixed, 0.1)] == [len(list(fixed.parameters()))]
+    with pytest.raises(ValueError, match="--weight-decay auto"):
+        fit_reward_model(small_data.train, SMALL, replace(config, weight_decay="auto"), progress=False)
