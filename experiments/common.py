@@ -5,7 +5,7 @@ Every script runs with no arguments on the offline default (MiniLM features of s
 ``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
 ../shared/data), ``--backbone`` any transformers model. The models compared are named as in
 :data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-auto`` (the same with ``--kl-weight
-auto``), ``vrm-paper`` (the paper's objective), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM
+auto``), ``vrm-paper`` (the paper's objective), ``vrm-conditional`` (the conditional preset), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM
 with a temperature fitted on validation pairs) and ``twin``.
 """
 
@@ -40,9 +40,11 @@ SHARED = {"hh": HH, "uf": UF}
 
 # name -> (model kind, preset): the models an experiment can compare
 MODELS = {"vrm": ("vrm", "recommended"), "vrm-auto": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"),
+          "vrm-conditional": ("vrm", "conditional"),
           "rm": ("rm", "recommended"), "rm-tuned": ("rm-tuned", "recommended"),
           "rm-temperature": ("rm-temperature", "recommended"), "twin": ("twin", "recommended")}
 LABELS = {"vrm": "VRM", "vrm-auto": "VRM, KL weight chosen on validation", "vrm-paper": "VRM, paper's objective",
+          "vrm-conditional": "VRM, conditional prior",
           "rm": "RM", "rm-tuned": "RM, tuned weight decay", "rm-temperature": "RM, temperature-scaled",
           "twin": "twin"}
 

@@ -8,7 +8,7 @@ accuracy a polite closing that carries no content costs it when appended to the 
 where no aspect score anchors VRM's reward to a named quality.
 
     python experiments/real_data.py [--data uf,hh] [--seeds 1]
-                                    [--models vrm,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin]
+                                    [--models vrm,vrm-auto,vrm-conditional,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
 Both files are in ../shared/data; a data set whose file is absent is skipped with a message.
 """
@@ -27,7 +27,7 @@ CLOSINGS = (
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.splitlines()[0], models="vrm,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin")
+    p = parser(__doc__.splitlines()[0], models="vrm,vrm-auto,vrm-conditional,vrm-paper,rm,rm-tuned,rm-temperature,twin")
     p.set_defaults(data="uf,hh")
     args = p.parse_args(argv)
     out = output_dir(args, "real_data")
