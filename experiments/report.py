@@ -209,7 +209,19 @@ def headline(results: Path) -> str:
     return "\n".join(lines)
 
 
+def last_layer(record: dict) -> str:
+    """The comparison table, the test gold at every kappa, the NUTS diagnostics and provenance."""
+    nuts = record["last_layer"]
+    return "\n".join([table(record["table"]["header"], record["table"]["rows"]), "",
+                      table(record["gold_table"]["header"], record["gold_table"]["rows"]), "",
+                      f"NUTS: prior scale tau {nuts['prior_scale']:g} (chosen on validation pairs), {nuts['chains']} "
+                      f"chains of {nuts['num_samples']} draws, largest split R-hat {nuts['r_hat_max']:.3f}, smallest "
+                      f"bulk ESS {nuts['n_eff_min']:.0f}, divergences {sum(nuts['divergences'])}.", "",
+                      provenance(record)])
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "last_layer": last_layer,
     "reward_hacking": reward_hacking, "best_of_n": best_of_n, "overoptimisation": overoptimisation,
     "fig3_supervision_loss": lambda r: printed(r, PLOTS["fig3_supervision_loss"]),
     "fig4_vrm_vs_rm": lambda r: printed(r, PLOTS["fig4_vrm_vs_rm"]),

@@ -87,10 +87,11 @@ def reward_mean_sd(model: nn.Module, prompt_state: torch.Tensor, response_state:
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and sd of the reward of each response to its prompt, for a fit of any kind: states
     (B, H) -> (B,), (B,). VRM: its posterior; an :class:`Ensemble`: the mixture of its members;
-    a point estimate (the RM, the twin): its reward and an sd of 0."""
+    a :class:`~pyro_vrm.last_layer.BayesianLastLayer`: its NUTS draws; a point estimate (the RM,
+    the twin): its reward and an sd of 0."""
     if isinstance(model, VRM):
         return reward_posterior(model, prompt_state, response_state)
-    if isinstance(model, Ensemble):
+    if hasattr(model, "mean_sd"):  # an Ensemble, a Bayesian last layer
         return model.mean_sd(prompt_state, response_state)[:2]
     model.eval()
     reward = model(prompt_state, response_state)

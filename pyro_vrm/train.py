@@ -103,7 +103,8 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         if getattr(cfg, setting) == "auto":
             table = select_on_validation(train, model_config, cfg, priors, setting, grid)
             best = max(table, key=lambda row: (row["validation_log_lik"], row[setting]))
-            cfg, selections[f"{setting}_selection"] = replace(cfg, **{setting: best[setting]}), table
+            cfg = _stopped_early(cfg, best["steps"], **{setting: best[setting]})
+            selections[f"{setting}_selection"] = table
     seed_everything(cfg.seed)
     model_config = resolve_model_config(train, model_config)
     vrm = VRM(model_config, train.hidden_size, model_config.num_objectives, priors)
@@ -138,10 +139,11 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
                          priors: Priors, setting: str, grid: tuple[float, ...],
                          validation_fraction: float = 0.2) -> list[dict]:
     """One row per value of ``grid`` of the :class:`TrainConfig` field ``setting``: VRM fitted
-    with it to the training pairs less a ``validation_fraction`` of their prompts, scored on those
-    held-out pairs by the mean log posterior predictive P(chosen wins) (``validation_log_lik``)
-    and the accuracy. A conditional prior is fitted by marginal likelihood and overfits a small
-    data set as the RM does; its weight decay is chosen this way (DESIGN.md 3c).
+    with it to the training pairs less a ``validation_fraction`` of their prompts, scored at every
+    logged step on those held-out pairs by the mean log posterior predictive P(chosen wins)
+    (``validation_log_lik``), and reported at its best step (``steps``, early stopping, as the
+    tuned RM's) with the accuracy there. A conditional prior is fitted by marginal likelihood and
+    overfits a small data set as the RM does; its weight decay is chosen this way (DESIGN.md 3c).
     """
     from .evaluate import _log_loss, predict  # evaluation reads fits; fitting needs it only here
 
@@ -151,11 +153,25 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
     table = []
     for value in grid:
-        vrm, _ = fit_vrm(fit_part, model_config, replace(train_config, **{setting: value}), priors, progress=False)
-        predictions = predict(vrm, validation)
-        table.append({setting: value, "validation_log_lik": -_log_loss(predictions.prob_chosen),
-                      "validation_accuracy": float(predictions.correct.mean())})
+        scores = []
+
+        def score(vrm, scores=scores):
+            predictions = predict(vrm, validation)
+            scores.append((-_log_loss(predictions.prob_chosen), float(predictions.correct.mean())))
+            return {}
+
+        fit_vrm(fit_part, model_config, replace(train_config, **{setting: value}), priors, progress=False,
+                monitor=score)
+        steps = [min(train_config.log_every * (i + 1), train_config.steps) for i in range(len(scores))]
+        (log_lik, accuracy), step = max(zip(scores, steps), key=lambda pair: pair[0][0])
+        table.append({setting: value, "steps": step, "validation_log_lik": log_lik, "validation_accuracy": accuracy})
     return table
+
+
+def _stopped_early(config: TrainConfig, steps: int, **values) -> TrainConfig:
+    """``config`` with ``values``, run for the first ``steps`` of its learning-rate schedule."""
+    return replace(config, **values, steps=steps, lr_decay=config.lr_decay ** (steps / config.steps),
+                   checkpoint_every=min(config.checkpoint_every, steps))
 
 
 def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(),
@@ -247,9 +263,7 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
         table.append({"weight_decay": decay, "steps": step, "validation_log_lik": log_lik,
                       "validation_accuracy": accuracy})
     best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
-    chosen = replace(train_config, weight_decay=best["weight_decay"], steps=best["steps"],
-                     lr_decay=train_config.lr_decay ** (best["steps"] / train_config.steps),
-                     checkpoint_every=min(train_config.checkpoint_every, best["steps"]))
+    chosen = _stopped_early(train_config, best["steps"], weight_decay=best["weight_decay"])
     head = fit_reward_model(train, model_config, chosen, run=run, progress=progress, monitor=monitor, resume=resume)
     return head, table
 

@@ -42,6 +42,7 @@ def linear_head() -> RewardHead:
 @pytest.fixture(scope="module")
 def fitted():
     """A last layer sampled by two chains on 400 pairs, tau chosen on 200 others."""
+    torch.set_num_threads(1)  # NUTS takes many tiny steps: a second thread only waits on a shared machine
     layer = BayesianLastLayer(linear_head(), pairs(400, seed=0), pairs(200, seed=1))
     return layer, layer.fit(num_samples=200, warmup=150, seed=0, chains=2)
 
@@ -79,6 +80,8 @@ def test_the_reward_sd_is_larger_off_the_training_features(fitted):
     _, sd_far = layer.mean_sd(train.prompt_state, far)
     assert sd_train.shape == sd_far.shape == (400,)
     assert sd_far.min() > 3 * sd_train.max()
+    from pyro_vrm.ensemble import reward_mean_sd  # what best-of-n, PPO and the reward model read
+    assert torch.equal(reward_mean_sd(layer, train.prompt_state, far)[1], sd_far)
 
 
 def test_the_posterior_predictive_is_as_accurate_as_the_true_weights_on_fresh_pairs(fitted):

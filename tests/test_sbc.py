@@ -35,6 +35,7 @@ def test_a_conditional_prior_fit_passes_sbc_on_data_drawn_from_itself_and_an_unt
     from pyro_vrm.config import TrainConfig
     from pyro_vrm.sbc import simulate_from_fit
     from pyro_vrm.train import fit_vrm
+    torch.set_num_threads(1)  # small networks: a second thread only waits on a shared machine
     data = simulate_from_prior(Priors(), PriorSimulationConfig(num_pairs=3000, held_out=1000, hidden_size=16))
     config = ModelConfig(latent_dim=8, width=32, depth=1, conditional_prior=True, observe_aspects=True)
     untrained, standardizer = fit_vrm(data.train, config, TrainConfig(steps=1, lr=1e-9), progress=False)

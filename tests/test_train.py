@@ -263,7 +263,8 @@ def test_kl_weight_auto_refits_the_beta_that_validation_prefers_and_records_the_
     saved = RunDir(tmp_path).checkpoint_config()
     chosen = max(saved["kl_weight_selection"], key=lambda row: row["validation_log_lik"])["kl_weight"]
     assert saved["train"]["kl_weight"] == chosen and len(saved["kl_weight_selection"]) == len(KL_WEIGHT_GRID)
-    direct, _ = fit_vrm(noise, SMALL, replace(config, kl_weight=chosen), progress=False)
+    assert saved["train"]["steps"] == max(saved["kl_weight_selection"], key=lambda row: row["validation_log_lik"])["steps"]
+    direct, _ = fit_vrm(noise, SMALL, TrainConfig(**saved["train"]), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(vrm.parameters(), direct.parameters()))
 
 
