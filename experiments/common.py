@@ -170,6 +170,16 @@ def plot_curves(groups: dict[str, list[list[dict]]], keys: list[str], path: Path
     plt.close(fig)
 
 
+def apply_quick(args: argparse.Namespace, argv: list[str] | None, quick: dict) -> None:
+    """With ``--quick``, set each flag of ``quick`` to its quick value unless it was given."""
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+             if a.startswith("--")}
+    if args.quick:
+        for name, value in quick.items():
+            if name not in given:
+                setattr(args, name, value)
+
+
 def output_dir(args, script: str) -> Path:
     out = args.out or Path("experiments/out") / script
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import sys
 import time
 
 import torch
-from common import curve, load, output_dir, parser, show, write_results
+from common import apply_quick, curve, load, output_dir, parser, show, write_results
 
 import best_of_n as bon
 from pyro_vrm import BackboneConfig, Ensemble, load_backbone, ood_aurocs, predict, reward_mean_sd, validation_split
@@ -58,12 +58,7 @@ def arguments(argv):
     p.add_argument("--ood-texts", type=int, default=256, help="texts of each kind for the OOD AUROCs")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the candidate and OOD text draws")
     args = p.parse_args(argv)
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-             if a.startswith("--")}
-    if args.quick:
-        for name, value in QUICK.items():
-            if name not in given:
-                setattr(args, name, value)
+    apply_quick(args, argv, QUICK)
     if args.data != "simulated-text":
         sys.exit("this comparison needs --data simulated-text (its gold reward and OOD texts are the simulator's)")
     return args

@@ -47,7 +47,7 @@ import sys
 import time
 
 import torch
-from common import curve, load, output_dir, parser, plt, show, write_results
+from common import apply_quick, curve, load, output_dir, parser, plt, show, write_results
 
 import best_of_n as bon
 from pyro_vrm import (BackboneConfig, Ensemble, ModelConfig, PPOConfig, RewardModel, RunDir, load_backbone,
@@ -89,12 +89,7 @@ def arguments(argv):
     p.add_argument("--no-ppo", action="store_true", help="best-of-n and OOD only")
     p.add_argument("--replot", action="store_true", help="only redraw the figure from the results.json in --out")
     args = p.parse_args(argv)
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-             if a.startswith("--")}
-    if args.quick:
-        for name, value in QUICK.items():
-            if name not in given:
-                setattr(args, name, value)
+    apply_quick(args, argv, QUICK)
     if args.data != "simulated-text":
         sys.exit("overoptimisation needs --data simulated-text (its gold reward is the simulator's)")
     return args
