@@ -45,7 +45,7 @@ _PUBLIC = {
     "simulation_based_calibration": "sbc", "simulate_from_fit": "sbc",
     "supervision_target": "supervision", "full_data_elbo": "bounds", "pac_bayes_bound": "bounds",
     # reward
-    "Ensemble": "ensemble", "reward_mean_sd": "ensemble", "ood_aurocs": "ood", "BayesianLastLayer": "last_layer",
+    "Ensemble": "ensemble", "WorstCase": "ensemble", "reward_mean_sd": "ensemble", "ood_aurocs": "ood", "BayesianLastLayer": "last_layer",
     "RewardModel": "reward_model", "VRMRewardModel": "reward_model", "PPOConfig": "ppo", "PPOTrainer": "ppo",
 }
 

@@ -20,6 +20,9 @@ and Coste et al. (2023) normalise their reward models: member m's reward (and sd
 (r_m - a_m) / b_m, with a_m and b_m the mean and sd of its mean rewards on reference responses:
 its own training responses, whose :func:`reward_statistics` ``pyro-vrm train`` records, or any
 reference text. Until then a_m = 0 and b_m = 1.
+
+:meth:`Ensemble.worst_case` is the other conservative reward of Coste et al. (2023): the lowest of
+the members' standardized rewards, min_m (mu_m - a_m) / b_m, with no kappa to choose.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import nn
 from .posterior import reward_posterior
 from .vrm import VRM
 
-__all__ = ["Ensemble", "reward_mean_sd", "reward_statistics"]
+__all__ = ["Ensemble", "WorstCase", "reward_mean_sd", "reward_statistics"]
 
 
 class Ensemble(nn.Module):
@@ -66,13 +69,19 @@ class Ensemble(nn.Module):
         return self
 
     @torch.no_grad()
+    def member_moments(self, prompt_state: torch.Tensor, response_state: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's standardized mean reward and sd: states (B, H) -> two (M, B)."""
+        moments = [reward_mean_sd(member, prompt_state, response_state) for member in self.members]
+        offset, scale = self.offset.unsqueeze(-1), self.scale.unsqueeze(-1)                # (M, 1)
+        return (torch.stack([m for m, _ in moments]) - offset) / scale, torch.stack([s for _, s in moments]) / scale
+
+    @torch.no_grad()
     def mean_sd(self, prompt_state: torch.Tensor, response_state: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, sd, between-member sd) of the mixture reward: states (B, H) -> three (B,)."""
-        moments = [reward_mean_sd(member, prompt_state, response_state) for member in self.members]
-        offset, scale = self.offset.unsqueeze(-1), self.scale.unsqueeze(-1)                # (M, 1)
-        means = (torch.stack([m for m, _ in moments]) - offset) / scale                    # (M, B)
-        within = (torch.stack([s for _, s in moments]) / scale).pow(2).mean(0)             # (B,)
+        means, sds = self.member_moments(prompt_state, response_state)                     # (M, B)
+        within = sds.pow(2).mean(0)                                                        # (B,)
         mean = means.mean(0)
         between = (means - mean).pow(2).mean(0)
         return mean, (within + between).sqrt(), between.sqrt()
@@ -80,6 +89,34 @@ class Ensemble(nn.Module):
     def forward(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> torch.Tensor:
         """The mixture's mean reward, (B, H) states -> (B,)."""
         return self.mean_sd(prompt_state, response_state)[0]
+
+    @torch.no_grad()
+    def worst_case(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> torch.Tensor:
+        """The lowest standardized member reward (Coste et al. 2023), (B, H) states -> (B,)."""
+        return self.member_moments(prompt_state, response_state)[0].min(0).values
+
+
+class WorstCase(nn.Module):
+    """An ensemble's worst-case reward as a reward model of its own: its mean is
+    :meth:`Ensemble.worst_case` and its sd 0, so best-of-n and PPO optimise the minimum over members
+    as they optimise any reward.
+
+    Args:
+        ensemble: the standardized :class:`Ensemble`.
+    """
+
+    def __init__(self, ensemble: Ensemble):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def mean_sd(self, prompt_state: torch.Tensor, response_state: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(worst-case reward, 0): states (B, H) -> two (B,)."""
+        worst = self.ensemble.worst_case(prompt_state, response_state)
+        return worst, torch.zeros_like(worst)
+
+    def forward(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> torch.Tensor:
+        return self.ensemble.worst_case(prompt_state, response_state)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import torch
 
 from pyro_vrm.baseline import RewardHead
 from pyro_vrm.config import ModelConfig
-from pyro_vrm.ensemble import Ensemble, reward_mean_sd
+from pyro_vrm.ensemble import Ensemble, WorstCase, reward_mean_sd
 from pyro_vrm.posterior import reward_posterior
 from pyro_vrm.vrm import VRM
 
@@ -76,3 +76,18 @@ def test_standardized_members_agree_on_a_shifted_and_scaled_copy():
         reference = head(prompt_state[:10], response_state[:10])
     assert torch.allclose(mean, (reward - reference.mean()) / reference.std(), atol=1e-5)
     assert torch.equal(Ensemble([head]).scale, torch.ones(1))
+
+
+def test_the_worst_case_reward_is_the_lowest_standardized_member_reward():
+    torch.manual_seed(0)
+    heads = [RewardHead(H, 8, 1) for _ in range(3)]
+    prompt_state, response_state = states(20)
+    ensemble = Ensemble(heads).standardize(prompt_state[:10], response_state[:10])
+    with torch.no_grad():
+        standardized = torch.stack([(h(prompt_state[10:], response_state[10:]) - a) / b
+                                    for h, a, b in zip(heads, ensemble.offset, ensemble.scale)])   # (3, 10)
+    worst, sd = reward_mean_sd(WorstCase(ensemble), prompt_state[10:], response_state[10:])
+    assert torch.allclose(worst, standardized.min(0).values, atol=1e-6) and torch.equal(sd, torch.zeros(10))
+    mean = reward_mean_sd(ensemble, prompt_state[10:], response_state[10:])[0]
+    assert torch.all(worst <= mean + 1e-6) and torch.any(worst < mean - 1e-3)  # below the mean where members disagree
+    assert torch.equal(WorstCase(ensemble)(prompt_state[10:], response_state[10:]), worst)
