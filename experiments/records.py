@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import os
+import statistics
 import platform
 import subprocess
 import sys
@@ -74,3 +76,26 @@ def show(results: dict, header: list[str], rows: list[list], key: str = "table")
     rows = [[str(c) for c in row] for row in rows]
     print(table(header, rows))
     results[key] = {"header": header, "rows": rows}
+
+
+def standard_error(values: list[float]) -> float | None:
+    """The standard error of the mean of ``values``; None for fewer than two."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def paired_difference(values: list[float], against: list[float], lower_is_better: bool) -> dict:
+    """Per-seed differences values - against: their mean, its se, and "better", "worse" or
+    "within noise", better or worse only beyond 2 se."""
+    diffs = [a - b for a, b in zip(values, against, strict=True)]
+    mean, se = statistics.mean(diffs), standard_error(diffs)
+    if se is None or not abs(mean) > 2 * se:
+        verdict = "within noise"
+    else:
+        verdict = "better" if (mean < 0) == lower_is_better else "worse"
+    return {"difference": mean, "se": se, "verdict": verdict}
+
+
+def cell(mean: float, se: float | None, digits: int = 3, sign: bool = False) -> str:
+    """A table cell: '1.234 ± 0.056', or '1.234' without an se; ``sign``: '+1.234 ± 0.056'."""
+    value = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return value if se is None else f"{value} ± {se:.{digits}f}"

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_vrm import cli, simulated_text
 
@@ -24,7 +25,8 @@ SCRIPTS = {
 @pytest.fixture(scope="module")
 def scripts():
     sys.path.insert(0, str(EXPERIMENTS))
-    yield {name: importlib.import_module(name) for name in [*SCRIPTS, "vrm_vs_rm_simulated", "sbc", "real_data"]}
+    yield {name: importlib.import_module(name) for name in [*SCRIPTS, "vrm_vs_rm_simulated", "sbc", "real_data",
+                                                                  "learning_curve"]}
     sys.path.remove(str(EXPERIMENTS))
 
 
@@ -94,3 +96,37 @@ def test_real_data_scores_the_polite_closing_hack_for_every_model(scripts, small
     # the temperature divides the RM's margins: the same ranking, with and without the closing
     assert models["rm-temperature"][0]["closing_accuracy"] == pytest.approx(models["rm"][0]["closing_accuracy"])
     assert models["rm-temperature"][0]["accuracy"]["accuracy"] == pytest.approx(models["rm"][0]["accuracy"]["accuracy"])
+
+
+def test_learning_curve_reports_every_size_with_standard_errors_and_paired_verdicts(scripts, tmp_path, capsys):
+    lc = scripts["learning_curve"]
+    results = lc.main(["--data", "simulated", "--sizes", "40,all", "--seeds", "2", "--steps", "20", "--members", "2",
+                       "--workers", "1", "--models", "vrm,vrm-informative,rm,rm-ensemble", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "results.json").read_text())
+    curves = saved["results"]["simulated"]
+    assert set(curves) == {"vrm", "vrm-informative", "rm", "rm-ensemble"}
+    for entry in curves.values():
+        assert entry["n"] == [40, 4000]
+        for key in ("accuracy", "accuracy_se", "log_loss", "log_loss_se", "ece", "ece_se"):
+            assert len(entry[key]) == 2 and all(v == v for v in entry[key]), key  # no NaN: two seeds give an se
+        assert entry["accuracy"][0] == pytest.approx(sum(entry["per_seed"]["accuracy"][0]) / 2)
+    assert "w_recovery" in curves["vrm"] and "w_recovery" not in curves["rm"]
+    # the informative prior reaches the fit: the same seeds and pairs, other predictions
+    assert curves["vrm-informative"]["per_seed"]["log_loss"] != curves["vrm"]["per_seed"]["log_loss"]
+    alpha = saved["priors"]["simulated"]
+    assert len(alpha) == 4 and all(0 < a < 1 for a in alpha)  # the simulator's types make w sparse
+    prior_claim = next(c for c in saved["comparisons"] if c["claim"] == "the prior matters")
+    first = prior_claim["sizes"][0]
+    per_seed = [a - b for a, b in zip(curves["vrm-informative"]["per_seed"]["log_loss"][0],
+                                      curves["vrm"]["per_seed"]["log_loss"][0])]
+    assert first["log_loss"]["difference"] == pytest.approx(sum(per_seed) / 2)
+    assert first["verdict"] in ("better", "worse", "within noise")
+    assert "| simulated | the prior matters | 40 |" in printed
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+
+
+def test_population_concentration_matches_a_dirichlets_mean_and_spread(scripts):
+    alpha = torch.tensor([0.5, 1.0, 3.0])
+    draws = torch.distributions.Dirichlet(alpha).sample((40000,))
+    assert torch.tensor(scripts["learning_curve"].population_concentration(draws)) == pytest.approx(alpha, rel=0.05)
