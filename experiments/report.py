@@ -28,11 +28,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from records import cell, paired_difference
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- report:(?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=key) -->)", re.S)
 # script -> the plot it draws, copied beside its results
 PLOTS = {"fig3_supervision_loss": "fig3.png", "fig4_vrm_vs_rm": "fig4.png", "fig5_lambda": "fig5.png",
-         "best_of_n": "best_of_n.png", "overoptimisation": "overoptimisation.png", "sbc": "sbc.png"}
+         "best_of_n": "best_of_n.png", "overoptimisation": "overoptimisation.png", "sbc": "sbc.png",
+         "learning_curve": "learning_curve.png"}
 BENCHMARK_SETS = ("cpu", "gpu")
 
 
@@ -122,16 +125,30 @@ def best_of_n(record: dict) -> str:
 
 def overoptimisation_findings(record: dict) -> list[str]:
     """Sentences on the two criteria (best-of-64 gold; final PPO gold at the weak KL penalty),
-    on where each gold reward peaks, and on the OOD AUROCs, computed from the figures."""
-    bon, chosen = record["best_of_n"], record["selection"]["vrm+penalty"]
+    on the worst-case rewards, on where each gold reward peaks, and on the OOD AUROCs, computed
+    from the figures; with several seeds, each figure with its standard error."""
+    bon = record["best_of_n"]
     n = 64 if 64 in bon["n"] else bon["n"][-1]
-    gold = {m: bon[m]["gold"][bon["n"].index(n)] for m in ("vrm+penalty", "vrm", "twin", "rm")}
+    i = bon["n"].index(n)
+    gold = {m: bon[m]["gold"][i] for m in bon if m not in ("n", "kl_bon")}
+    se = {m: (bon[m].get("gold_se") or [None] * len(bon["n"]))[i] for m in gold}
+
+    def cell(m: str) -> str:
+        return f"{gold[m]:.3f}" + ("" if se[m] is None else f" ± {se[m]:.3f}")
+
+    per_seed = record.get("per_seed", [{"selection": record["selection"]}])
+    choices = [s["selection"]["vrm+penalty"] for s in per_seed]
+    chosen = "; ".join(f"{c['uncertainty']}, kappa {c['kappa']:g}" for c in choices)
+    holds = gold["vrm+penalty"] > max(gold["twin"], gold["rm"])
     found = [
-        f"At n = {n}, VRM ranked by mean - kappa sd with its chosen sd ({chosen['uncertainty']}, kappa "
-        f"{chosen['kappa']:g}) picks responses of mean gold reward {gold['vrm+penalty']:.3f}, against "
-        f"{gold['twin']:.3f} for the twin and {gold['rm']:.3f} for the RM, both unpenalised (VRM unpenalised: "
-        f"{gold['vrm']:.3f}): the criterion that VRM's is the higher "
-        f"{'holds' if gold['vrm+penalty'] > max(gold['twin'], gold['rm']) else 'fails'}."]
+        f"At n = {n}, VRM ranked by mean - kappa sd with its chosen sd ({chosen}) picks responses of mean gold "
+        f"reward {cell('vrm+penalty')}, against {cell('twin')} for the twin and {cell('rm')} for the RM, both "
+        f"unpenalised (VRM unpenalised: {cell('vrm')}): the criterion that VRM's is the higher "
+        f"{'holds' if holds else 'fails'}"
+        + ("." if len(per_seed) == 1 else f" on the mean over {len(per_seed)} seeds (se over seeds).")]
+    if "vrm+worst-case" in gold:
+        found.append(f"Ranked by the worst case over their members (Coste et al. 2023) at n = {n}: "
+                     + ", ".join(f"{kind} {cell(f'{kind}+worst-case')}" for kind in ("rm", "twin", "vrm")) + ".")
     if "ppo" in record and "weak" in record["ppo"]:
         weak = record["ppo"]["weak"]
         end = {m: (weak[m]["gold"][-1], weak[m]["gold_se"][-1]) for m in weak}
@@ -156,9 +173,9 @@ def overoptimisation_findings(record: dict) -> list[str]:
     return found
 
 
-def overoptimisation(record: dict) -> str:
+def overoptimisation(record: dict, plot: str | None = PLOTS["overoptimisation"]) -> str:
     ood = record["ood_table"]
-    return "\n".join([printed(record, PLOTS["overoptimisation"]), "", "The sd's AUROC for telling each kind of "
+    return "\n".join([printed(record, plot), "", "The sd's AUROC for telling each kind of "
                       "out-of-distribution text from held-out responses (0.5: chance):", "",
                       table(ood["header"], ood["rows"]), "", *(f"{line}\n" for line in overoptimisation_findings(record))]
                      ).rstrip("\n")
@@ -220,8 +237,77 @@ def last_layer(record: dict) -> str:
                       provenance(record)])
 
 
+def learning_curve(record: dict) -> str:
+    """The curves' table and figure, then every paired comparison, then provenance."""
+    verdicts = record["verdict_table"]
+    return "\n".join([table(record["table"]["header"], record["table"]["rows"]), "", f"![learning_curve.png]"
+                      f"(results/{PLOTS['learning_curve']})", "", table(verdicts["header"], verdicts["rows"]), "",
+                      f"{record['args']['seeds']} seeds, mean ± standard error; differences are paired by seed. "
+                      "From " + provenance(record) + "."])
+
+
+def _sizes_verdict(sizes: list[dict]) -> str:
+    """'better at n = 50, 100; within noise at n = 200' from a comparison's per-size verdicts."""
+    groups: dict[str, list[str]] = {}
+    for size in sizes:
+        groups.setdefault(size["verdict"], []).append(str(size["n"]))
+    if len(groups) == 1:
+        return f"{next(iter(groups))} at every n"
+    return "; ".join(f"{v} at n = {', '.join(ns)}" for v, ns in groups.items())
+
+
+def verdict(results: Path) -> str:
+    """The README's verdict table: for each claim, the paired log-loss differences of the learning
+    curves with their se, and what they say; for the posterior sd, the overoptimisation figures."""
+    rows, sources = [], []
+    path = results / "learning_curve.json"
+    if path.exists():
+        record = json.loads(path.read_text())
+        sources.append(record)
+        for comparison in record["comparisons"]:
+            n_100 = next((s for s in comparison["sizes"] if s["n"] == 100), comparison["sizes"][0])
+            pair = f"{comparison['model']} - {comparison['against']}"
+            rows.append([comparison["claim"], comparison["data"], f"{pair}: log loss "
+                         f"{cell(n_100['log_loss']['difference'], n_100['log_loss']['se'], sign=True)} at n = "
+                         f"{n_100['n']}", _sizes_verdict(comparison["sizes"])])
+            curves = record.get("results", {}).get(comparison["data"], {})
+            recovered = [curves.get(m, {}).get("per_seed", {}).get("w_recovery")
+                         for m in (comparison["model"], comparison["against"])]
+            if comparison["claim"] == "the prior matters" and all(recovered):
+                sizes = [{"n": n, **paired_difference(a, b, lower_is_better=False)}
+                         for n, a, b in zip(curves[comparison["model"]]["n"], *recovered)]
+                at = next((s for s in sizes if s["n"] == 100), sizes[0])
+                rows.append(["the prior matters (recovery of w)", comparison["data"], f"{pair}: corr(E[w], true w) "
+                             f"{cell(at['difference'], at['se'], sign=True)} at n = {at['n']}", _sizes_verdict(sizes)])
+    path = next((p for p in (results / "overoptimisation_seeds.json", results / "overoptimisation.json")
+                 if p.exists()), None)
+    if path is not None:
+        record = json.loads(path.read_text())
+        sources.append(record)
+        bon = record["best_of_n"]
+        i = len(bon["n"]) - 1
+        penalised = "vrm+posterior-sd"
+        se = {m: bon[m].get("gold_se") for m in ("vrm", penalised)}
+        diff = bon[penalised]["gold"][i] - bon["vrm"]["gold"][i]
+        what = f"best-of-{bon['n'][i]} gold, VRM ranked by mean - kappa sd (its posterior sd) - VRM by its mean"
+        if se["vrm"] is None or se["vrm"][i] is None:
+            evidence, said = f"{what}: {diff:+.3f} (one seed, no se)", "not measured with error bars"
+        else:
+            spread = (se["vrm"][i] ** 2 + se[penalised][i] ** 2) ** 0.5
+            evidence = f"{what}: {diff:+.3f} ± {spread:.3f}"
+            said = "yes" if diff > 2 * spread else "within noise" if diff > -2 * spread else "no"
+        rows.append(["the posterior sd helps", "simulated-text", evidence, said])
+    if not rows:
+        return "(not run yet: python experiments/learning_curve.py)"
+    return "\n".join([table(["claim", "data", "evidence (± se over seeds)", "verdict (beyond 2 se)"], rows),
+                      "", "From " + "; ".join(f"`{r['run']['command']}` (run {r['run']['date']}, commit "
+                                              f"`{r['run']['commit']}`)" for r in sources) + "."])
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
-    "last_layer": last_layer,
+    "last_layer": last_layer, "learning_curve": learning_curve,
+    # best-of-n and OOD over seeds, without PPO (--no-ppo), beside the run whose figure has PPO
+    "overoptimisation_seeds": lambda r: overoptimisation(r, None),
     "reward_hacking": reward_hacking, "best_of_n": best_of_n, "overoptimisation": overoptimisation,
     "fig3_supervision_loss": lambda r: printed(r, PLOTS["fig3_supervision_loss"]),
     "fig4_vrm_vs_rm": lambda r: printed(r, PLOTS["fig4_vrm_vs_rm"]),
@@ -259,6 +345,8 @@ def render(key: str, results: Path) -> str:
         return svi_overhead(results)
     if key == "overoptimisation-summary":
         return overoptimisation_summary(results)
+    if key == "verdict":
+        return verdict(results)
     path = results / f"{key}.json"
     if not path.exists():
         return f"(not run yet: no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})"
