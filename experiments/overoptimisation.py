@@ -25,7 +25,9 @@ its own: ``vrm+posterior-sd`` (the seed-0 fit's amortized posterior sd, aleatori
 ``vrm+bayesian-decoder`` and ``vrm+ensemble``; ``vrm+penalty`` is the one whose validation
 best-of-16 gold is highest. ``rm+worst-case``, ``twin+worst-case`` and ``vrm+worst-case`` rank by
 the lowest standardized member reward instead (Coste et al. 2023's worst-case optimisation,
-:class:`pyro_vrm.WorstCase`), with no kappa. Each kappa comes from ``--kappas`` by the same criterion (the smallest
+:class:`pyro_vrm.WorstCase`), with no kappa. ``rm+last-layer`` ranks by mean - kappa sd of the
+seed's first RM with a Bayesian last layer sampled by NUTS (:class:`pyro_vrm.BayesianLastLayer`):
+epistemic uncertainty from one fit. Each kappa comes from ``--kappas`` by the same criterion (the smallest
 on a tie); the test prompts play no part.
 
 **Best-of-n.** As ``best_of_n.py``: a pool of ``--max-n`` fresh responses (filler on half) per test
@@ -62,8 +64,8 @@ from common import apply_quick, curve, load, output_dir, parser, plt, show, writ
 from records import cell, standard_error
 
 import best_of_n as bon
-from pyro_vrm import (BackboneConfig, Ensemble, ModelConfig, PPOConfig, RewardModel, RunDir, WorstCase,
-                      load_backbone, ood_aurocs, validation_split)
+from pyro_vrm import (BackboneConfig, BayesianLastLayer, Ensemble, ModelConfig, PPOConfig, RewardModel, RunDir,
+                      WorstCase, load_backbone, ood_aurocs, validation_split)
 from pyro_vrm.policy import TinyPolicyConfig
 from pyro_vrm.pipeline import ppo_prompts
 from pyro_vrm.ppo_run import make_policy, run_ppo
@@ -71,11 +73,11 @@ from pyro_vrm.simulated_text import TextSimulationConfig, simulate_text
 
 KINDS = ("rm", "twin", "vrm")
 VRM_SDS = ("vrm+posterior-sd", "vrm+bayesian-decoder", "vrm+ensemble")
-MODELS = (*KINDS, *(f"{kind}+penalty" for kind in KINDS), *(f"{kind}+worst-case" for kind in KINDS))
+MODELS = (*KINDS, *(f"{kind}+penalty" for kind in KINDS), "rm+last-layer", *(f"{kind}+worst-case" for kind in KINDS))
 # results.json's name for each figure of a PPO run's curve -> run_ppo's name for it
 PPO_CURVE = {"step": "step", "gold": "gold", "gold_se": "gold_se", "proxy": "reward", "objective": "objective",
              "kl": "kl", "filler_rate": "filler_rate"}
-QUICK = {"seeds": 2, "members": 3, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 16, "val_pool": 16,
+QUICK = {"seeds": 2, "members": 3, "last_layer_draws": 200, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 16, "val_pool": 16,
          "ppo_steps": 20, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
 
 
@@ -90,6 +92,8 @@ def arguments(argv):
     p.add_argument("--val-prompts", type=int, default=32, help="validation prompts for kappa; 0: all")
     p.add_argument("--val-pool", type=int, default=32, help="candidates per validation prompt (chosen at best-of-16)")
     p.add_argument("--kappas", type=lambda s: [float(k) for k in s.split(",")], default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--last-layer-draws", type=int, default=500,
+                   help="NUTS draws per chain (2 chains) of the RM's Bayesian last layer; warm-up min(300, draws)")
     p.add_argument("--ppo-steps", type=int, default=120, help="PPO steps per run")
     p.add_argument("--beta", type=float, default=PPOConfig().beta, help="the default KL penalty")
     p.add_argument("--weak-beta", type=float, default=0.05, help="the weak KL penalty")
@@ -124,7 +128,8 @@ def type_of(value: str):
 
 def fit_all(args, fit_part, held, out, first_seed: int = 0) -> dict:
     """name -> fitted model: the members of each kind (seeds ``first_seed`` ...), VRM's
-    Bayesian-decoder fit, the ensembles and their worst cases."""
+    Bayesian-decoder fit, the ensembles and their worst cases, and the Bayesian last layer of the
+    first RM (NUTS; its prior scale chosen on the validation pairs)."""
     splits, fits = {"train": fit_part, "test": held}, {}
     # the members are put on one scale by their rewards on the responses they were fitted to
     reference = (fit_part.prompt_state.repeat(2, 1), torch.cat([fit_part.chosen_state, fit_part.rejected_state]))
@@ -133,6 +138,8 @@ def fit_all(args, fit_part, held, out, first_seed: int = 0) -> dict:
                          log_every=args.log_every)[1] for s in range(first_seed, first_seed + args.members)]
         fits[kind], fits[f"{kind}-ensemble"] = members[0], Ensemble(members).standardize(*reference)
         fits[f"{kind}-worst-case"] = WorstCase(fits[f"{kind}-ensemble"])
+    fits["rm-last-layer"] = BayesianLastLayer(fits["rm"], fit_part, held)
+    fits["rm-last-layer"].fit(args.last_layer_draws, min(300, args.last_layer_draws), seed=first_seed)
     fits["vrm-bayesian-decoder"] = curve("vrm", splits, out / "fits" / f"vrm-bayesian-decoder-seed{first_seed}",
                                          seed=first_seed, steps=args.steps, log_every=args.log_every,
                                          model_config=ModelConfig(bayesian_decoder=True))[1]
@@ -143,7 +150,7 @@ def fit_all(args, fit_part, held, out, first_seed: int = 0) -> dict:
 VARIANTS = {"rm": ("rm", False), "twin": ("twin", False), "vrm": ("vrm", False),
             "rm+penalty": ("rm-ensemble", True), "twin+penalty": ("twin-ensemble", True),
             "vrm+posterior-sd": ("vrm", True), "vrm+bayesian-decoder": ("vrm-bayesian-decoder", True),
-            "vrm+ensemble": ("vrm-ensemble", True),
+            "vrm+ensemble": ("vrm-ensemble", True), "rm+last-layer": ("rm-last-layer", True),
             **{f"{kind}+worst-case": (f"{kind}-worst-case", False) for kind in KINDS}}
 
 

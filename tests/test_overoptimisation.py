@@ -35,7 +35,7 @@ def test_tiny_run(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(oo, "TextSimulationConfig", lambda seed=0: small)
     out = tmp_path / "oo"
     results = oo.main(["--seeds", "1", "--steps", "10", "--log-every", "5", "--max-length", "48", "--members", "2", "--max-n", "4",
-                       "--val-pool", "4", "--ppo-steps", "2", "--eval-every", "1", "--eval-rollouts", "4",
+                       "--val-pool", "4", "--last-layer-draws", "20", "--ppo-steps", "2", "--eval-every", "1", "--eval-rollouts", "4",
                        "--ood-texts", "8", "--ppo", "rollouts_per_step=4,minibatch_size=4,max_new_tokens=12",
                        "--policy", "warm_start_steps=5", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     saved = json.loads((out / "results.json").read_text())
@@ -66,7 +66,7 @@ def test_tiny_run(monkeypatch, tmp_path, capsys):
             assert all(len(curve[key]) == 3 for key in ("gold", "proxy", "kl")), (penalty, name)
             assert curve["kl"][0] == 0.0  # the policy starts as its reference
 
-    assert set(results["ood"]) == {"rm+penalty", "twin+penalty", *oo.VRM_SDS}
+    assert set(results["ood"]) == {"rm+penalty", "twin+penalty", "rm+last-layer", *oo.VRM_SDS}
     for name, ood in results["ood"].items():
         assert set(ood["auroc"]) == {"filler_only", "truncated", "other_family"}
         assert all(0.0 <= a <= 1.0 for a in ood["auroc"].values()), name
