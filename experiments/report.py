@@ -247,7 +247,7 @@ def learning_curve(record: dict) -> str:
 
 
 def _sizes_verdict(sizes: list[dict]) -> str:
-    """'better at n = 50, 100; within noise at n = 200' from a comparison's per-size verdicts."""
+    """'better at n = 50, 100; within noise at n = 200' from per-size verdicts."""
     groups: dict[str, list[str]] = {}
     for size in sizes:
         groups.setdefault(size["verdict"], []).append(str(size["n"]))
@@ -256,52 +256,62 @@ def _sizes_verdict(sizes: list[dict]) -> str:
     return "; ".join(f"{v} at n = {', '.join(ns)}" for v, ns in groups.items())
 
 
+# the learning curves' metrics a verdict reads, each with whether lower is better
+VERDICT_METRICS = {"log_loss": True, "accuracy": False, "shifted_accuracy": False, "w_recovery": False}
+
+
+def _claim_cells(curves: dict, model: str, against: str, at: int = 100) -> list[str]:
+    """Per metric of :data:`VERDICT_METRICS`: the paired difference model - against at n = ``at``
+    (or the smallest n) with its se, and the verdict at every n; '-' where either lacks it."""
+    cells = []
+    for metric, lower_is_better in VERDICT_METRICS.items():
+        seeds = [curves[m]["per_seed"].get(metric) for m in (model, against)]
+        if not all(seeds):
+            cells.append("-")
+            continue
+        sizes = [{"n": n, **paired_difference(a, b, lower_is_better)} for n, a, b in zip(curves[model]["n"], *seeds)]
+        shown = next((size for size in sizes if size["n"] == at), sizes[0])
+        cells.append(f"{cell(shown['difference'], shown['se'], sign=True)}; {_sizes_verdict(sizes)}")
+    return cells
+
+
+def _posterior_sd_gain(record: dict) -> list[str]:
+    """The best-of-n gold of VRM ranked by mean - kappa sd (its posterior sd) against its mean alone,
+    at the largest n, paired by seed where there are several."""
+    bon = record["best_of_n"]
+    i, penalised = len(bon["n"]) - 1, "vrm+posterior-sd"
+    what = f"best-of-{bon['n'][i]} gold, VRM ranked by mean - kappa sd (its posterior sd) minus VRM ranked by its mean"
+    seeds = [bon[m].get("gold_per_seed") for m in (penalised, "vrm")]
+    if not all(seeds) or len(seeds[0]) < 2:
+        return [what, f"{bon[penalised]['gold'][i] - bon['vrm']['gold'][i]:+.3f} (one seed, no se)",
+                "not measured with error bars"]
+    gain = paired_difference([g[i] for g in seeds[0]], [g[i] for g in seeds[1]], lower_is_better=False)
+    return [what, f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]]
+
+
 def verdict(results: Path) -> str:
-    """The README's verdict table: for each claim, the paired log-loss differences of the learning
-    curves with their se, and what they say; for the posterior sd, the overoptimisation figures."""
-    rows, sources = [], []
+    """The README's verdict tables: for each claim of the learning curves, the paired differences
+    over seeds in each metric, at n = 100 and at every n; then the posterior sd's best-of-n gain."""
+    parts, sources = [], []
     path = results / "learning_curve.json"
     if path.exists():
         record = json.loads(path.read_text())
         sources.append(record)
-        for comparison in record["comparisons"]:
-            n_100 = next((s for s in comparison["sizes"] if s["n"] == 100), comparison["sizes"][0])
-            pair = f"{comparison['model']} - {comparison['against']}"
-            rows.append([comparison["claim"], comparison["data"], f"{pair}: log loss "
-                         f"{cell(n_100['log_loss']['difference'], n_100['log_loss']['se'], sign=True)} at n = "
-                         f"{n_100['n']}", _sizes_verdict(comparison["sizes"])])
-            curves = record.get("results", {}).get(comparison["data"], {})
-            recovered = [curves.get(m, {}).get("per_seed", {}).get("w_recovery")
-                         for m in (comparison["model"], comparison["against"])]
-            if comparison["claim"] == "the prior matters" and all(recovered):
-                sizes = [{"n": n, **paired_difference(a, b, lower_is_better=False)}
-                         for n, a, b in zip(curves[comparison["model"]]["n"], *recovered)]
-                at = next((s for s in sizes if s["n"] == 100), sizes[0])
-                rows.append(["the prior matters (recovery of w)", comparison["data"], f"{pair}: corr(E[w], true w) "
-                             f"{cell(at['difference'], at['se'], sign=True)} at n = {at['n']}", _sizes_verdict(sizes)])
+        rows = [[c["claim"], c["data"], f"{c['model']} - {c['against']}",
+                 *_claim_cells(record["results"][c["data"]], c["model"], c["against"])] for c in record["comparisons"]]
+        parts += [table(["claim", "data", "difference", *(f"{m.replace('_', ' ')}: at n = 100 (± se); beyond 2 se"
+                                                           for m in VERDICT_METRICS)], rows), ""]
     path = next((p for p in (results / "overoptimisation_seeds.json", results / "overoptimisation.json")
                  if p.exists()), None)
     if path is not None:
         record = json.loads(path.read_text())
         sources.append(record)
-        bon = record["best_of_n"]
-        i = len(bon["n"]) - 1
-        penalised = "vrm+posterior-sd"
-        se = {m: bon[m].get("gold_se") for m in ("vrm", penalised)}
-        diff = bon[penalised]["gold"][i] - bon["vrm"]["gold"][i]
-        what = f"best-of-{bon['n'][i]} gold, VRM ranked by mean - kappa sd (its posterior sd) - VRM by its mean"
-        if se["vrm"] is None or se["vrm"][i] is None:
-            evidence, said = f"{what}: {diff:+.3f} (one seed, no se)", "not measured with error bars"
-        else:
-            spread = (se["vrm"][i] ** 2 + se[penalised][i] ** 2) ** 0.5
-            evidence = f"{what}: {diff:+.3f} ± {spread:.3f}"
-            said = "yes" if diff > 2 * spread else "within noise" if diff > -2 * spread else "no"
-        rows.append(["the posterior sd helps", "simulated-text", evidence, said])
-    if not rows:
+        parts += [table(["claim", "evidence", "difference", "verdict (beyond 2 se)"],
+                        [["the posterior sd helps", *_posterior_sd_gain(record)]]), ""]
+    if not parts:
         return "(not run yet: python experiments/learning_curve.py)"
-    return "\n".join([table(["claim", "data", "evidence (± se over seeds)", "verdict (beyond 2 se)"], rows),
-                      "", "From " + "; ".join(f"`{r['run']['command']}` (run {r['run']['date']}, commit "
-                                              f"`{r['run']['commit']}`)" for r in sources) + "."])
+    return "\n".join([*parts, "From " + "; ".join(f"`{r['run']['command']}` (run {r['run']['date']}, commit "
+                                                  f"`{r['run']['commit']}`)" for r in sources) + "."])
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {

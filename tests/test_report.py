@@ -96,34 +96,30 @@ def test_the_overoptimisation_findings_follow_the_figures():
 
 
 def test_the_verdict_table_judges_each_claim_by_its_standard_errors(tmp_path):
-    """A claim is "better" or "worse" at an n only beyond 2 se; the table says so per n, and says
-    when the posterior sd has no error bars."""
+    """A claim is "better" or "worse" at an n only beyond 2 se of the paired per-seed differences,
+    each metric in its own direction; the table says so per n, and says when the posterior sd has
+    no error bars."""
     report = load_report()
-
-    def size(n, difference, se, verdict):
-        return {"n": n, "log_loss": {"difference": difference, "se": se},
-                "accuracy": {"difference": -difference, "se": se}, "verdict": verdict}
-
-    comparisons = [
-        {"claim": "the prior matters", "data": "simulated-text", "model": "vrm-informative", "against": "vrm",
-         "sizes": [size(50, -0.05, 0.01, "better"), size(100, -0.03, 0.01, "better")]},
-        {"claim": "VRM beats the RM", "data": "simulated-text", "model": "vrm", "against": "rm",
-         "sizes": [size(50, -0.05, 0.01, "better"), size(100, 0.01, 0.02, "within noise"),
-                   size(1000, 0.2, 0.01, "worse")]}]
-    recovery = {"vrm-informative": {"n": [50, 100], "per_seed": {"w_recovery": [[0.5, 0.6], [0.3, 0.4]]}},
-                "vrm": {"n": [50, 100], "per_seed": {"w_recovery": [[0.2, 0.3], [0.3, 0.3]]}}}
+    curves = {"vrm-informative": {"n": [50, 100], "per_seed": {"log_loss": [[0.60, 0.62], [0.50, 0.52]],
+                                                               "accuracy": [[0.7, 0.7], [0.8, 0.9]],
+                                                               "w_recovery": [[0.5, 0.6], [0.3, 0.4]]}},
+              "vrm": {"n": [50, 100], "per_seed": {"log_loss": [[0.70, 0.72], [0.50, 0.56]],
+                                                   "accuracy": [[0.7, 0.7], [0.8, 0.9]],
+                                                   "w_recovery": [[0.2, 0.3], [0.3, 0.3]]}}}
+    comparisons = [{"claim": "the prior matters", "data": "simulated-text", "model": "vrm-informative",
+                    "against": "vrm"}]
     (tmp_path / "learning_curve.json").write_text(json.dumps({"run": RUN, "comparisons": comparisons,
-                                                              "results": {"simulated-text": recovery}}))
+                                                              "results": {"simulated-text": curves}}))
     rendered = report.verdict(tmp_path)
-    # recovery of w is judged on its own, higher is better: +0.3 ± 0 at n = 50, +0.05 ± 0.05 at n = 100
-    assert "| the prior matters (recovery of w) | simulated-text | vrm-informative - vrm: corr(E[w], true w) " \
-           "+0.050 ± 0.050 at n = 100 | better at n = 50; within noise at n = 100 |" in rendered
-    assert "| the prior matters | simulated-text | vrm-informative - vrm: log loss -0.030 ± 0.010 at n = 100 | " \
-           "better at every n |" in rendered
-    assert "| better at n = 50; within noise at n = 100; worse at n = 1000 |" in rendered
+    # log loss: -0.1 ± 0 at n = 50 (lower: better), -0.02 ± 0.02 at n = 100; accuracy: no difference;
+    # recovery of w, higher is better: +0.3 ± 0 at n = 50, +0.05 ± 0.05 at n = 100; no shifted split
+    assert ("| the prior matters | simulated-text | vrm-informative - vrm | -0.020 ± 0.020; better at n = 50; "
+            "within noise at n = 100 | +0.000 ± 0.000; within noise at every n | - | +0.050 ± 0.050; better at "
+            "n = 50; within noise at n = 100 |") in rendered
     bon = {"n": [1, 64], "vrm": {"gold": [0.0, 2.0]}, "vrm+posterior-sd": {"gold": [0.0, 2.5]}}
     (tmp_path / "overoptimisation.json").write_text(json.dumps({"run": RUN, "best_of_n": bon}))
-    assert "+0.500 (one seed, no se) | not measured with error bars |" in report.verdict(tmp_path)
-    bon["vrm"]["gold_se"], bon["vrm+posterior-sd"]["gold_se"] = [None, 0.2], [None, 0.2]
-    (tmp_path / "overoptimisation.json").write_text(json.dumps({"run": RUN, "best_of_n": bon}))
-    assert "+0.500 ± 0.283 | within noise |" in report.verdict(tmp_path)  # 0.5 < 2 * sqrt(0.2^2 + 0.2^2)
+    assert "| +0.500 (one seed, no se) | not measured with error bars |" in report.verdict(tmp_path)
+    bon["vrm"]["gold_per_seed"] = [[0.0, 2.0], [0.0, 1.0]]
+    bon["vrm+posterior-sd"]["gold_per_seed"] = [[0.0, 2.5], [0.0, 1.4]]
+    (tmp_path / "overoptimisation_seeds.json").write_text(json.dumps({"run": RUN, "best_of_n": bon}))
+    assert "| +0.450 ± 0.050 (2 seeds) | better |" in report.verdict(tmp_path)  # the seeds' run is preferred
