@@ -181,14 +181,6 @@ def overoptimisation(record: dict, plot: str | None = PLOTS["overoptimisation"])
                      ).rstrip("\n")
 
 
-def overoptimisation_summary(results: Path) -> str:
-    path = results / "overoptimisation.json"
-    if not path.exists():
-        return "(not run yet: python experiments/overoptimisation.py)"
-    record = json.loads(path.read_text())
-    return "\n\n".join([*overoptimisation_findings(record), f"From {provenance(record)}."])
-
-
 DATA_NAMES = {"uf": "UltraFeedback sample", "hh": "HH-RLHF sample"}
 
 
@@ -238,12 +230,10 @@ def last_layer(record: dict) -> str:
 
 
 def learning_curve(record: dict) -> str:
-    """The curves' table and figure, then every paired comparison, then provenance."""
-    verdicts = record["verdict_table"]
-    return "\n".join([table(record["table"]["header"], record["table"]["rows"]), "", f"![learning_curve.png]"
-                      f"(results/{PLOTS['learning_curve']})", "", table(verdicts["header"], verdicts["rows"]), "",
-                      f"{record['args']['seeds']} seeds, mean ± standard error; differences are paired by seed. "
-                      "From " + provenance(record) + "."])
+    """The curves' table and figure, then provenance (the verdicts are the verdict-all block)."""
+    return "\n".join([table(record["table"]["header"], record["table"]["rows"]), "",
+                      f"![learning_curve.png](results/{PLOTS['learning_curve']})", "",
+                      f"{record['args']['seeds']} seeds, mean ± standard error. From " + provenance(record) + "."])
 
 
 def _sizes_verdict(sizes: list[dict]) -> str:
@@ -289,16 +279,22 @@ def _posterior_sd_gain(record: dict) -> list[str]:
     return [what, f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]]
 
 
-def verdict(results: Path) -> str:
-    """The README's verdict tables: for each claim of the learning curves, the paired differences
-    over seeds in each metric, at n = 100 and at every n; then the posterior sd's best-of-n gain."""
+# the learning curves' claims the README's verdict table shows (docs/results.md shows them all)
+README_CLAIMS = ("VRM beats the twin", "VRM beats the RM", "the prior matters")
+
+
+def verdict(results: Path, claims: tuple[str, ...] | None = None) -> str:
+    """The verdict tables: for each claim of the learning curves (those in ``claims``; None: all),
+    the paired differences over seeds in each metric, at n = 100 and at every n; then the
+    posterior sd's best-of-n gain."""
     parts, sources = [], []
     path = results / "learning_curve.json"
     if path.exists():
         record = json.loads(path.read_text())
         sources.append(record)
         rows = [[c["claim"], c["data"], f"{c['model']} - {c['against']}",
-                 *_claim_cells(record["results"][c["data"]], c["model"], c["against"])] for c in record["comparisons"]]
+                 *_claim_cells(record["results"][c["data"]], c["model"], c["against"])]
+                for c in record["comparisons"] if claims is None or c["claim"] in claims]
         parts += [table(["claim", "data", "difference", *(f"{m.replace('_', ' ')}: at n = 100 (± se); beyond 2 se"
                                                            for m in VERDICT_METRICS)], rows), ""]
     path = next((p for p in (results / "overoptimisation_seeds.json", results / "overoptimisation.json")
@@ -336,26 +332,12 @@ def benchmarks(record: dict) -> str:
                       provenance(record)])
 
 
-def svi_overhead(results: Path) -> str:
-    """The training step's overhead over hand-written torch, from the CPU benchmark set."""
-    path = results / "benchmarks-cpu.json"
-    if not path.exists():
-        return "(not run yet: python experiments/benchmarks/run_all.py)"
-    record = json.loads(path.read_text())
-    rows = [[f"`{e['command']}`", e["result"]["pyro_vrm_ms"], e["result"]["torch_ms"], e["result"]["ratio"]]
-            for e in record["entries"] if e["benchmark"] == "svi_overhead"]
-    return "\n".join([table(["command", "pyro_vrm step, ms", "hand-written torch step, ms", "ratio (aim: at most 1.3)"],
-                             rows), "", provenance(record)])
-
-
 def render(key: str, results: Path) -> str:
     if key == "headline":
         return headline(results)
-    if key == "svi_overhead":
-        return svi_overhead(results)
-    if key == "overoptimisation-summary":
-        return overoptimisation_summary(results)
     if key == "verdict":
+        return verdict(results, README_CLAIMS)
+    if key == "verdict-all":
         return verdict(results)
     path = results / f"{key}.json"
     if not path.exists():
