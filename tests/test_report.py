@@ -116,10 +116,14 @@ def test_the_verdict_table_judges_each_claim_by_its_standard_errors(tmp_path):
     assert ("| the prior matters | simulated-text | vrm-informative - vrm | -0.020 ± 0.020; better at n = 50; "
             "within noise at n = 100 | +0.000 ± 0.000; within noise at every n | - | +0.050 ± 0.050; better at "
             "n = 50; within noise at n = 100 |") in rendered
-    bon = {"n": [1, 64], "vrm": {"gold": [0.0, 2.0]}, "vrm+posterior-sd": {"gold": [0.0, 2.5]}}
+    bon = {"n": [1, 64], "vrm": {"gold": [0.0, 2.0]}, "vrm+posterior-sd": {"gold": [0.0, 2.5]},
+           "vrm+penalty": {"gold": [0.0, 2.5]}, "twin+penalty": {"gold": [0.0, 2.2]}}
     (tmp_path / "overoptimisation.json").write_text(json.dumps({"run": RUN, "best_of_n": bon}))
     assert "| +0.500 (one seed, no se) | not measured with error bars |" in report.verdict(tmp_path)
     bon["vrm"]["gold_per_seed"] = [[0.0, 2.0], [0.0, 1.0]]
     bon["vrm+posterior-sd"]["gold_per_seed"] = [[0.0, 2.5], [0.0, 1.4]]
+    bon["vrm+penalty"]["gold_per_seed"] = bon["twin+penalty"]["gold_per_seed"] = [[0.0, 2.0], [0.0, 2.0]]
     (tmp_path / "overoptimisation_seeds.json").write_text(json.dumps({"run": RUN, "best_of_n": bon}))
-    assert "| +0.450 ± 0.050 (2 seeds) | better |" in report.verdict(tmp_path)  # the seeds' run is preferred
+    rendered = report.verdict(tmp_path)
+    assert "| +0.450 ± 0.050 (2 seeds) | better |" in rendered  # the seeds' run is preferred
+    assert "| +0.000 ± 0.000 (2 seeds) | within noise |" in rendered
