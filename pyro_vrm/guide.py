@@ -121,9 +121,11 @@ class PairGuide(nn.Module):
     not seen, has the prior's latents, not this guide's.
 
     Args:
-        num_objectives, latent_dim: K and d.
+        num_objectives: K.
+        latent_dim: d.
         num_aspects: the aspect scores per response it reads (0 when the fit observes none).
-        width, depth: its two MLPs.
+        width: the hidden units of each of its two MLPs.
+        depth: the hidden layers of each of its two MLPs.
     """
 
     def __init__(self, num_objectives: int, latent_dim: int, num_aspects: int, width: int, depth: int):
