@@ -104,9 +104,15 @@ def arguments(argv):
     p.add_argument("--policy", default="", help="further TinyPolicyConfig fields, e.g. warm_start_steps=50")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the candidate and OOD text draws")
     p.add_argument("--no-ppo", action="store_true", help="best-of-n and OOD only")
+    p.add_argument("--penalties", default="default,weak", help="the KL penalties PPO runs at: default, weak or both")
+    p.add_argument("--ppo-models", default=",".join(MODELS), help="the models PPO trains against, from MODELS")
     p.add_argument("--replot", action="store_true", help="only redraw the figure from the results.json in --out")
     args = p.parse_args(argv)
     apply_quick(args, argv, QUICK)
+    args.penalties = [x.strip() for x in args.penalties.split(",") if x.strip()]
+    args.ppo_models = [x.strip() for x in args.ppo_models.split(",") if x.strip()]
+    if not set(args.penalties) <= {"default", "weak"} or not set(args.ppo_models) <= set(MODELS):
+        p.error(f"--penalties takes default and weak; --ppo-models takes {', '.join(MODELS)}")
     if args.data != "simulated-text":
         sys.exit("overoptimisation needs --data simulated-text (its gold reward is the simulator's)")
     return args
@@ -201,9 +207,10 @@ def run_all_ppo(args, fits, chosen, backbone, out, offset: int = 0) -> dict:
     model, tokenizer, _ = make_policy(None, text, [p for split in ppo_prompts(None, text, seed) for p in split],
                                       policy_config, seed)
     results = {}
-    for penalty, beta in (("default", args.beta), ("weak", args.weak_beta)):
+    betas = {"default": args.beta, "weak": args.weak_beta}
+    for penalty, beta in ((name, betas[name]) for name in args.penalties):
         results[penalty] = {}
-        for name in MODELS:
+        for name in args.ppo_models:
             reward, kappa = fit_of(name, fits, chosen)
             ppo_config = PPOConfig(**{"steps": args.ppo_steps, "beta": beta, "kappa": kappa, "eval_every": args.eval_every,
                                       "eval_rollouts": args.eval_rollouts, **fields(args.ppo), "seed": seed})
@@ -309,8 +316,8 @@ def plot(results: dict, path) -> None:
     axes[0][0].legend(fontsize=7)
     for column, penalty in enumerate(penalties, 1):
         p = results["ppo"][penalty]
-        title = f"PPO, {penalty} KL penalty (beta {p[MODELS[0]]['beta']:g})"
-        for name in MODELS:
+        title = f"PPO, {penalty} KL penalty (beta {next(iter(p.values()))['beta']:g})"
+        for name in p:
             axes[0][column].plot(p[name]["kl"], p[name]["gold"], marker="o", markersize=3, label=name)
             axes[1][column].errorbar(p[name]["step"], p[name]["gold"], yerr=p[name]["gold_se"], marker="o",
                                      markersize=3, capsize=2, label=name)
@@ -332,7 +339,10 @@ def report(results: dict) -> None:
         row = [name, kappas, *(cell(r[name]["gold"][r["n"].index(n)], r[name]["gold_se"][r["n"].index(n)])
                                for n in table_n)]
         for penalty in results.get("ppo", {}):
-            p = results["ppo"][penalty][name]
+            p = results["ppo"][penalty].get(name)
+            if p is None:
+                row.append("-")
+                continue
             row.append(f"{p['gold'][0]:.2f} / {cell(p['peak_gold'], p['peak_gold_se'], 2)} / "
                        f"{cell(p['final_gold'], p['final_gold_se'], 2)} (KL {p['kl'][-1]:.1f}, "
                        f"proxy {p['proxy'][-1] - p['proxy'][0]:+.2g})")

@@ -152,19 +152,21 @@ def overoptimisation_findings(record: dict) -> list[str]:
     if "ppo" in record and "weak" in record["ppo"]:
         weak = record["ppo"]["weak"]
         end = {m: (weak[m]["gold"][-1], weak[m]["gold_se"][-1]) for m in weak}
-        found.append(
-            f"With the weak KL penalty (beta {weak['rm']['beta']:g}), the final gold reward of PPO's held rollouts is "
-            f"{end['vrm+penalty'][0]:.2f} ± {end['vrm+penalty'][1]:.2f} (se) against VRM's sd-penalised reward and "
-            f"{end['vrm'][0]:.2f} ± {end['vrm'][1]:.2f} against its mean alone, {end['twin'][0]:.2f} ± "
-            f"{end['twin'][1]:.2f} against the twin's and {end['twin+penalty'][0]:.2f} ± {end['twin+penalty'][1]:.2f} "
-            f"against its ensemble's penalised reward, and {end['rm'][0]:.2f} ± "
-            f"{end['rm'][1]:.2f} against the RM's: the criterion that VRM's is at least the RM's "
-            f"{'holds' if end['vrm+penalty'][0] >= end['rm'][0] else 'fails'} for the penalised VRM and "
-            f"{'holds' if end['vrm'][0] >= end['rm'][0] else 'fails'} for the unpenalised one.")
+        if all(m in end for m in ("vrm+penalty", "vrm", "twin", "twin+penalty", "rm")):
+            found.append(
+                f"With the weak KL penalty (beta {weak['rm']['beta']:g}), the final gold reward of PPO's held rollouts is "
+                f"{end['vrm+penalty'][0]:.2f} ± {end['vrm+penalty'][1]:.2f} (se) against VRM's sd-penalised reward and "
+                f"{end['vrm'][0]:.2f} ± {end['vrm'][1]:.2f} against its mean alone, {end['twin'][0]:.2f} ± "
+                f"{end['twin'][1]:.2f} against the twin's and {end['twin+penalty'][0]:.2f} ± {end['twin+penalty'][1]:.2f} "
+                f"against its ensemble's penalised reward, and {end['rm'][0]:.2f} ± "
+                f"{end['rm'][1]:.2f} against the RM's: the criterion that VRM's is at least the RM's "
+                f"{'holds' if end['vrm+penalty'][0] >= end['rm'][0] else 'fails'} for the penalised VRM and "
+                f"{'holds' if end['vrm'][0] >= end['rm'][0] else 'fails'} for the unpenalised one.")
         falls = []
         for name, curve in weak.items():
             peak = max(range(len(curve["gold"])), key=curve["gold"].__getitem__)
-            falls.append(f"{name} {curve['gold'][peak] - curve['gold'][-1]:.2f} (peak at KL {curve['kl'][peak]:.1f})")
+            falls.append(f"{name} {curve['gold'][peak] - curve['gold'][-1]:.2f} (peak at KL {curve['kl'][peak]:.1f}, "
+                         f"step {curve['step'][peak]} of {curve['step'][-1]})")
         found.append("Under the weak penalty, each gold reward ends below its peak by: " + "; ".join(falls) + ".")
     best = {kind: max(record["ood"].items(), key=lambda item: item[1]["auroc"][kind]) for kind in
             next(iter(record["ood"].values()))["auroc"]}
@@ -324,6 +326,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "last_layer": last_layer, "learning_curve": learning_curve,
     # best-of-n and OOD over seeds, without PPO (--no-ppo), beside the run whose figure has PPO
     "overoptimisation_seeds": lambda r: overoptimisation(r, None),
+    "overoptimisation_long": lambda r: "\n".join([
+        printed(r), "", *(f for f in overoptimisation_findings(r) if f.startswith("Under the weak penalty"))]),
     "reward_hacking": reward_hacking, "best_of_n": best_of_n, "overoptimisation": overoptimisation,
     "fig3_supervision_loss": lambda r: printed(r, PLOTS["fig3_supervision_loss"]),
     "fig4_vrm_vs_rm": lambda r: printed(r, PLOTS["fig4_vrm_vs_rm"]),

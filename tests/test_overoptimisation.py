@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 from pyro_vrm import ppo_run, simulated_text
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -25,6 +27,11 @@ def test_quick_setting_yields_to_explicit_flags():
     args = oo.arguments(["--quick", "--members", "2"])
     assert args.members == 2 and args.max_n == oo.QUICK["max_n"] and args.ppo_steps == oo.QUICK["ppo_steps"]
     assert oo.arguments([]).max_n == 256
+    args = oo.arguments(["--penalties", "weak", "--ppo-models", "rm,twin"])
+    assert args.penalties == ["weak"] and args.ppo_models == ["rm", "twin"]
+    assert oo.arguments([]).ppo_models == list(oo.MODELS)
+    with pytest.raises(SystemExit):
+        oo.arguments(["--ppo-models", "rm,nonesuch"])
 
 
 def test_tiny_run(monkeypatch, tmp_path, capsys):

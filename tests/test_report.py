@@ -80,7 +80,8 @@ def test_the_overoptimisation_findings_follow_the_figures():
     report = load_report()
     models = ("rm", "twin", "vrm", "rm+penalty", "twin+penalty", "vrm+penalty")
     bon = {"n": [1, 64], **{m: {"gold": [0.0, g]} for m, g in zip(models, (1.0, 2.0, 2.5, 1.5, 2.2, 2.4))}}
-    ppo = {m: {"gold": [-1.0, g, end], "gold_se": [0.1] * 3, "kl": [0.0, 2.0, 9.0], "beta": 0.05}
+    ppo = {m: {"gold": [-1.0, g, end], "gold_se": [0.1] * 3, "kl": [0.0, 2.0, 9.0], "beta": 0.05,
+                "step": [0, 10, 20]}
            for m, g, end in zip(models, (0.0, 0.5, 0.2, 0.1, 0.4, 0.3), (-2.0, -1.0, -0.5, -1.5, 0.45, -2.5))}
     record = {"best_of_n": bon, "ppo": {"weak": ppo},
               "selection": {"vrm+penalty": {"uncertainty": "vrm+ensemble", "kappa": 1.0}},
@@ -89,7 +90,7 @@ def test_the_overoptimisation_findings_follow_the_figures():
     assert "mean gold reward 2.400, against 2.000 for the twin and 1.000 for the RM" in best_of_64
     assert best_of_64.endswith("the criterion that VRM's is the higher holds.")
     assert "holds for the unpenalised one" in final_gold and "fails for the penalised VRM" in final_gold
-    assert "rm 2.00 (peak at KL 2.0)" in falls and "twin+penalty 0.00 (peak at KL 9.0)" in falls
+    assert "rm 2.00 (peak at KL 2.0, step 10 of 20)" in falls and "twin+penalty 0.00 (peak at KL 9.0, step 20 of 20)" in falls
     assert ood == "The best out-of-distribution AUROC of any sd: filler-only 0.80 (vrm+ensemble)."
     bon["vrm+penalty"]["gold"][1] = 1.9  # below the twin's
     assert report.overoptimisation_findings(record)[0].endswith("the criterion that VRM's is the higher fails.")
