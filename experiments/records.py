@@ -44,11 +44,21 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def checkout_commit() -> str:
+    """``git describe --always --dirty`` of the checkout, or "unknown" outside one."""
+    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip() or "unknown"
+
+
+# A run's results come from the code its process started with: a long run's checkout may have
+# moved on by the time it writes them.
+COMMIT_AT_START = checkout_commit()
+
+
 def run_record() -> dict:
-    """What a results page says of a run: the command, the date, the commit, the machine and the
-    versions of torch and the key packages."""
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    """What a results page says of a run: the command, the date, the commit the process started
+    from, the machine and the versions of torch and the key packages."""
+    commit = COMMIT_AT_START
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     machine = f"{cpu_name()}, {os.cpu_count()} cores, GPU: {gpu}"
     return {"command": " ".join(["python", *(Path(a).as_posix() for a in sys.argv[:1]), *sys.argv[1:]]),
