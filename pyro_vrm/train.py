@@ -151,21 +151,35 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
         raise ValueError(f"--{setting.replace('_', '-')} auto needs cached hidden states (--finetune none): it "
                          "scores validation fits through a frozen backbone's states")
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
+
+    def score(vrm) -> tuple[float, float]:
+        predictions = predict(vrm, validation)
+        return -_log_loss(predictions.prob_chosen), float(predictions.correct.mean())
+
     table = []
     for value in grid:
-        scores = []
-
-        def score(vrm, scores=scores):
-            predictions = predict(vrm, validation)
-            scores.append((-_log_loss(predictions.prob_chosen), float(predictions.correct.mean())))
-            return {}
-
-        fit_vrm(fit_part, model_config, replace(train_config, **{setting: value}), priors, progress=False,
-                monitor=score)
-        steps = [min(train_config.log_every * (i + 1), train_config.steps) for i in range(len(scores))]
-        (log_lik, accuracy), step = max(zip(scores, steps), key=lambda pair: pair[0][0])
+        config = replace(train_config, **{setting: value})
+        scored = _scored_at_logged_steps(
+            lambda monitor: fit_vrm(fit_part, model_config, config, priors, progress=False, monitor=monitor),
+            score, config)
+        (log_lik, accuracy), step = max(scored, key=lambda pair: pair[0][0])
         table.append({setting: value, "steps": step, "validation_log_lik": log_lik, "validation_accuracy": accuracy})
     return table
+
+
+def _scored_at_logged_steps(fit: Callable[[Callable], object],
+                            score: Callable[[torch.nn.Module], tuple[float, float]],
+                            config: TrainConfig) -> list[tuple[tuple[float, float], int]]:
+    """Run ``fit(monitor)``, whose monitor scores the model at every logged step of ``config``:
+    [((validation log-likelihood, accuracy), step)] in order."""
+    scores = []
+
+    def monitor(model) -> dict:
+        scores.append(score(model))
+        return {}
+
+    fit(monitor)
+    return [(s, min(config.log_every * (i + 1), config.steps)) for i, s in enumerate(scores)]
 
 
 def _stopped_early(config: TrainConfig, steps: int, **values) -> TrainConfig:
@@ -250,16 +264,11 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
     table = []
     for decay in grid:
-        scores = []
-
-        def score(head, scores=scores):
-            scores.append(validation_log_likelihood(head, validation))
-            return {}
-
-        fit_reward_model(fit_part, model_config, replace(train_config, weight_decay=decay), progress=False,
-                         monitor=score)
-        steps = [min(train_config.log_every * (i + 1), train_config.steps) for i in range(len(scores))]
-        (log_lik, accuracy), step = max(zip(scores, steps), key=lambda pair: pair[0])
+        config = replace(train_config, weight_decay=decay)
+        scored = _scored_at_logged_steps(
+            lambda monitor: fit_reward_model(fit_part, model_config, config, progress=False, monitor=monitor),
+            lambda head: validation_log_likelihood(head, validation), config)
+        (log_lik, accuracy), step = max(scored, key=lambda pair: pair[0])
         table.append({"weight_decay": decay, "steps": step, "validation_log_lik": log_lik,
                       "validation_accuracy": accuracy})
     best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
