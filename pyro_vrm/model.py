@@ -145,9 +145,7 @@ class Priors:
         """alpha0 as a (K,) tensor on ``like``'s device and dtype."""
         alpha = like.new_tensor(self.concentration)
         if alpha.dim() == 1 and alpha.numel() != num_objectives:
-            raise ValueError(
-                f"Priors.concentration has {alpha.numel()} values for {num_objectives} objectives"
-            )
+            raise ValueError(f"Priors.concentration has {alpha.numel()} values for {num_objectives} objectives")
         return alpha.expand(num_objectives)
 
     def objective_weights(self, concentration: torch.Tensor) -> dist.Distribution:
@@ -160,10 +158,8 @@ class Priors:
         if self.feature_scale_tril is not None:
             scale_tril = like.new_tensor(self.feature_scale_tril)
             if scale_tril.shape != (latent_dim, latent_dim):
-                raise ValueError(
-                    f"Priors.feature_scale_tril has shape {tuple(scale_tril.shape)}, "
-                    f"expected ({latent_dim}, {latent_dim})"
-                )
+                raise ValueError(f"Priors.feature_scale_tril has shape {tuple(scale_tril.shape)}, "
+                                 f"expected ({latent_dim}, {latent_dim})")
             return dist.MultivariateNormal(loc, scale_tril=scale_tril)
         scale = like.new_full((latent_dim,), self.feature_scale)
         if self.feature_df is not None:
@@ -240,9 +236,7 @@ class MLPDecoder(nn.Module):
     def __init__(self, latent_dim: int, num_objectives: int, width: int = 64):
         super().__init__()
         self.latent_dim, self.num_objectives = latent_dim, num_objectives
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim + num_objectives, width), nn.SiLU(), nn.Linear(width, 1)
-        )
+        self.net = nn.Sequential(nn.Linear(latent_dim + num_objectives, width), nn.SiLU(), nn.Linear(width, 1))
 
     def forward(self, w: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, None]:
         """r(w, z) (...) from w (..., K) and z (..., d), broadcast; no scores s(z)."""
@@ -285,7 +279,7 @@ class ConditionalPrior(nn.Module):
                  priors: Priors = Priors()):
         super().__init__()
         self.check_priors(priors)
-        concentration = torch.as_tensor(priors.concentration, dtype=torch.get_default_dtype()).expand(num_objectives)
+        concentration = priors.concentration_vector(num_objectives, torch.zeros(()))
         self.latent_dim = latent_dim
         self.weight_net = mlp(hidden_size, width, depth, num_objectives)
         self.feature_net = mlp(2 * hidden_size, width, depth, 2 * latent_dim)
@@ -303,8 +297,7 @@ class ConditionalPrior(nn.Module):
             raise ValueError("a conditional prior learns a Dirichlet and a diagonal Normal: it starts from "
                              "Priors.concentration, feature_loc and feature_scale and takes no scale_tril, "
                              "feature_df or concentration_hyperprior")
-        if min(priors.concentration if isinstance(priors.concentration, tuple) else (priors.concentration,)) \
-                <= MIN_CONCENTRATION:
+        if torch.as_tensor(priors.concentration).min() <= MIN_CONCENTRATION:
             raise ValueError(f"a conditional prior's Priors.concentration must exceed {MIN_CONCENTRATION}")
 
     def objective_weights(self, prompt_state: torch.Tensor) -> dist.Dirichlet:
