@@ -170,6 +170,12 @@ def plot_curves(groups: dict[str, list[list[dict]]], keys: list[str], path: Path
     plt.close(fig)
 
 
+def quick_flag(p: argparse.ArgumentParser, quick: dict) -> None:
+    """Add ``--quick``, its help listing ``quick``'s settings; :func:`apply_quick` applies them."""
+    p.add_argument("--quick", action="store_true", help="a short setting (" + ", ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in quick.items()) + "); flags given explicitly still win")
+
+
 def apply_quick(args: argparse.Namespace, argv: list[str] | None, quick: dict) -> None:
     """With ``--quick``, set each flag of ``quick`` to its quick value unless it was given."""
     given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])

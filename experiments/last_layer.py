@@ -31,7 +31,7 @@ import sys
 import time
 
 import torch
-from common import apply_quick, curve, load, output_dir, parser, show, write_results
+from common import apply_quick, curve, load, output_dir, parser, quick_flag, show, write_results
 
 import best_of_n as bon
 from pyro_vrm import BackboneConfig, Ensemble, load_backbone, ood_aurocs, predict, reward_mean_sd, validation_split
@@ -43,8 +43,7 @@ QUICK = {"members": 2, "steps": 200, "prompts": 8, "max_n": 16, "val_prompts": 8
 
 def arguments(argv):
     p = parser(__doc__.splitlines()[0], seeds=None, models=None)
-    p.add_argument("--quick", action="store_true", help="a short setting (" + ", ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + "); flags given explicitly still win")
+    quick_flag(p, QUICK)
     p.add_argument("--members", type=int, default=5, help="fits per ensemble (seeds 0 .. M-1)")
     p.add_argument("--no-vrm", action="store_true", help="leave out the VRM ensemble")
     p.add_argument("--num-samples", type=int, default=500, help="NUTS draws per chain")

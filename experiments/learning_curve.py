@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from common import apply_quick, configs, load, output_dir, plt, show, write_results
+from common import apply_quick, configs, load, output_dir, plt, quick_flag, show, write_results
 from records import cell, paired_difference, standard_error
 
 from pyro_vrm import (Priors, SimulationConfig, evaluate_predictions, fit_reward_model, fit_tuned_reward_model,
@@ -64,8 +64,7 @@ POPULATION_SEED = 1  # the simulator seed of the disjoint population behind the 
 
 def arguments(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a short setting (" + ", ".join(
-        f"--{k} {v}" for k, v in QUICK.items()) + "); flags given explicitly still win")
+    quick_flag(p, QUICK)
     p.add_argument("--data", default="simulated-text,simulated", help="comma-separated: simulated-text, simulated")
     p.add_argument("--sizes", default="50,100,200,500,1000,all", help="training pairs per fit; all: the whole split")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (subset and fit)")

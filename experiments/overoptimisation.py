@@ -60,7 +60,7 @@ import sys
 import time
 
 import torch
-from common import apply_quick, curve, load, output_dir, parser, plt, show, write_results
+from common import apply_quick, curve, load, output_dir, parser, plt, quick_flag, show, write_results
 from records import cell, standard_error
 
 import best_of_n as bon
@@ -77,14 +77,13 @@ MODELS = (*KINDS, *(f"{kind}+penalty" for kind in KINDS), "rm+last-layer", *(f"{
 # results.json's name for each figure of a PPO run's curve -> run_ppo's name for it
 PPO_CURVE = {"step": "step", "gold": "gold", "gold_se": "gold_se", "proxy": "reward", "objective": "objective",
              "kl": "kl", "filler_rate": "filler_rate"}
-QUICK = {"seeds": 2, "members": 3, "last_layer_draws": 200, "steps": 300, "prompts": 16, "max_n": 64, "val_prompts": 16, "val_pool": 16,
-         "ppo_steps": 20, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
+QUICK = {"seeds": 2, "members": 3, "last_layer_draws": 200, "steps": 300, "prompts": 16, "max_n": 64,
+         "val_prompts": 16, "val_pool": 16, "ppo_steps": 20, "eval_every": 10, "eval_rollouts": 32, "ood_texts": 64}
 
 
 def arguments(argv):
     p = parser(__doc__.splitlines()[0], seeds=None, models=None)
-    p.add_argument("--quick", action="store_true", help="a short setting (" + ", ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + "); flags given explicitly still win")
+    quick_flag(p, QUICK)
     p.add_argument("--seeds", type=int, default=3, help="repetitions of the whole experiment (see Seeds)")
     p.add_argument("--members", type=int, default=5, help="fits per ensemble (seeds s M .. s M + M - 1)")
     p.add_argument("--prompts", type=int, default=64, help="test prompts, a seeded subset; 0: all")
@@ -212,8 +211,9 @@ def run_all_ppo(args, fits, chosen, backbone, out, offset: int = 0) -> dict:
         results[penalty] = {}
         for name in args.ppo_models:
             reward, kappa = fit_of(name, fits, chosen)
-            ppo_config = PPOConfig(**{"steps": args.ppo_steps, "beta": beta, "kappa": kappa, "eval_every": args.eval_every,
-                                      "eval_rollouts": args.eval_rollouts, **fields(args.ppo), "seed": seed})
+            ppo_config = PPOConfig(**{"steps": args.ppo_steps, "beta": beta, "kappa": kappa,
+                                      "eval_every": args.eval_every, "eval_rollouts": args.eval_rollouts,
+                                      **fields(args.ppo), "seed": seed})
             summary = run_ppo(RewardModel(reward, backbone, {"kind": name}), RunDir(out / "ppo" / penalty / name),
                               ppo_config, policy_config, progress=False, config={"model": name, "penalty": penalty},
                               initial_policy=(copy.deepcopy(model), tokenizer))

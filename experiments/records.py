@@ -10,8 +10,8 @@ import importlib.metadata
 import json
 import math
 import os
-import statistics
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from records import cell, paired_difference
+from records import cell, paired_difference, table
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- report:(?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=key) -->)", re.S)
@@ -55,11 +55,6 @@ def collect(out: Path, results: Path) -> list[str]:
             shutil.copyfile(path, results / f"benchmarks-{kind}.json")
             copied.append(f"benchmarks-{kind}")
     return copied
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def provenance(record: dict) -> str:
@@ -123,18 +118,23 @@ def best_of_n(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _at_64(best_of_n: dict) -> tuple[int, int]:
+    """(n, its index) of the best-of-n curve point the findings read: n = 64, else the largest n."""
+    n = 64 if 64 in best_of_n["n"] else best_of_n["n"][-1]
+    return n, best_of_n["n"].index(n)
+
+
 def overoptimisation_findings(record: dict) -> list[str]:
     """Sentences on the two criteria (best-of-64 gold; final PPO gold at the weak KL penalty),
     on the worst-case rewards, on where each gold reward peaks, and on the OOD AUROCs, computed
     from the figures; with several seeds, each figure with its standard error."""
     bon = record["best_of_n"]
-    n = 64 if 64 in bon["n"] else bon["n"][-1]
-    i = bon["n"].index(n)
+    n, i = _at_64(bon)
     gold = {m: bon[m]["gold"][i] for m in bon if m not in ("n", "kl_bon")}
     se = {m: (bon[m].get("gold_se") or [None] * len(bon["n"]))[i] for m in gold}
 
-    def cell(m: str) -> str:
-        return f"{gold[m]:.3f}" + ("" if se[m] is None else f" ± {se[m]:.3f}")
+    def gold_cell(m: str) -> str:
+        return cell(gold[m], se[m])
 
     per_seed = record.get("per_seed", [{"selection": record["selection"]}])
     choices = [s["selection"]["vrm+penalty"] for s in per_seed]
@@ -142,13 +142,13 @@ def overoptimisation_findings(record: dict) -> list[str]:
     holds = gold["vrm+penalty"] > max(gold["twin"], gold["rm"])
     found = [
         f"At n = {n}, VRM ranked by mean - kappa sd with its chosen sd ({chosen}) picks responses of mean gold "
-        f"reward {cell('vrm+penalty')}, against {cell('twin')} for the twin and {cell('rm')} for the RM, both "
-        f"unpenalised (VRM unpenalised: {cell('vrm')}): the criterion that VRM's is the higher "
+        f"reward {gold_cell('vrm+penalty')}, against {gold_cell('twin')} for the twin and {gold_cell('rm')} for the "
+        f"RM, both unpenalised (VRM unpenalised: {gold_cell('vrm')}): the criterion that VRM's is the higher "
         f"{'holds' if holds else 'fails'}"
         + ("." if len(per_seed) == 1 else f" on the mean over {len(per_seed)} seeds (se over seeds).")]
     if "vrm+worst-case" in gold:
         found.append(f"Ranked by the worst case over their members (Coste et al. 2023) at n = {n}: "
-                     + ", ".join(f"{kind} {cell(f'{kind}+worst-case')}" for kind in ("rm", "twin", "vrm")) + ".")
+                     + ", ".join(f"{kind} {gold_cell(f'{kind}+worst-case')}" for kind in ("rm", "twin", "vrm")) + ".")
     if "ppo" in record and "weak" in record["ppo"]:
         weak = record["ppo"]["weak"]
         end = {m: (weak[m]["gold"][-1], weak[m]["gold_se"][-1]) for m in weak}
@@ -278,8 +278,7 @@ def _gold_gain(record: dict, model: str, against: str) -> tuple[int, str, str]:
     """(n, the difference in best-of-n gold at n = 64 or the largest n, paired by seed where there
     are several, and its verdict)."""
     bon = record["best_of_n"]
-    n = 64 if 64 in bon["n"] else bon["n"][-1]
-    i = bon["n"].index(n)
+    n, i = _at_64(bon)
     seeds = [bon[m].get("gold_per_seed") for m in (model, against)]
     if not all(seeds) or len(seeds[0]) < 2:
         difference = bon[model]["gold"][i] - bon[against]["gold"][i]
