@@ -55,9 +55,11 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from common import apply_quick, curve, load, output_dir, parser, plt, quick_flag, show, write_results
@@ -105,6 +107,7 @@ def arguments(argv):
     p.add_argument("--no-ppo", action="store_true", help="best-of-n and OOD only")
     p.add_argument("--penalties", default="default,weak", help="the KL penalties PPO runs at: default, weak or both")
     p.add_argument("--ppo-models", default=",".join(MODELS), help="the models PPO trains against, from MODELS")
+    p.add_argument("--workers", type=int, default=1, help="seeds run in this many processes, one thread each")
     p.add_argument("--replot", action="store_true", help="only redraw the figure from the results.json in --out")
     args = p.parse_args(argv)
     apply_quick(args, argv, QUICK)
@@ -251,7 +254,16 @@ def one_seed(args, seed: int, data: dict, backbone, out) -> dict:
                                                                                sample_seed)}
     if not args.no_ppo:
         run["ppo"] = run_all_ppo(args, fits, chosen, backbone, out, offset=seed)
+    print(f"seed {seed} done", flush=True)
     return run
+
+
+def seed_job(args, seed: int) -> dict:
+    """:func:`one_seed` in a process of its own (``--workers``), on one thread."""
+    torch.set_num_threads(1)
+    out = output_dir(args, "overoptimisation")
+    backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
+    return one_seed(args, seed, load(args), backbone, out / f"seed{seed}" if seed else out)
 
 
 def _mean_se(values: list[float], key: str) -> dict:
@@ -366,12 +378,15 @@ def main(argv=None) -> dict:
         results = json.loads((out / "results.json").read_text())
         plot(results, out / "overoptimisation.png")
         return results
-    out, data = output_dir(args, "overoptimisation"), load(args)
-    backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
-    runs = []
-    for seed in range(args.seeds):
-        runs.append(one_seed(args, seed, data, backbone, out / f"seed{seed}" if seed else out))
-        print(f"seed {seed} done after {time.time() - started:.0f} s", flush=True)
+    out, data = output_dir(args, "overoptimisation"), load(args)  # load() caches the features the workers read
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(seed_job, [args] * args.seeds, range(args.seeds)))
+    else:
+        backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
+        runs = [one_seed(args, seed, data, backbone, out / f"seed{seed}" if seed else out)
+                for seed in range(args.seeds)]
+    print(f"{args.seeds} seeds done after {time.time() - started:.0f} s", flush=True)
     results = {"data": args.data, "seeds": args.seeds, "members": args.members, "prompts": runs[0]["prompts"],
                "pool": args.max_n, **aggregate(runs), "seconds": round(time.time() - started)}
     plot(results, out / "overoptimisation.png")
