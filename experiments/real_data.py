@@ -7,7 +7,7 @@ accuracy a polite closing that carries no content costs it when appended to the 
 (the mean over :data:`CLOSINGS`): the reward hack of the simulated-text test bed, on real text,
 where no aspect score anchors VRM's reward to a named quality.
 
-    python experiments/real_data.py [--data uf,hh] [--seeds 1]
+    python experiments/real_data.py [--data uf,hh] [--seeds 1] [--workers 1]
                                     [--models vrm,vrm-auto,vrm-conditional,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
 Both files are in ../shared/data; a data set whose file is absent is skipped with a message.
@@ -15,7 +15,15 @@ Both files are in ../shared/data; a data set whose file is absent is skipped wit
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
 from common import LABELS, SHARED, curve, load, model_names, output_dir, parser, show, write_results
+from records import cell, standard_error
+
 from pyro_vrm import BackboneConfig, evaluate_predictions, load_backbone, predict, text_features
 
 # Closing sentences that say nothing about the question, appended to the loser.
@@ -24,46 +32,77 @@ CLOSINGS = (
     "I hope this helps, and please feel free to ask me anything else.",
     "It was a pleasure to answer this; thank you for the thoughtful question.",
 )
+# figure of a run -> its column; with several seeds each is the mean ± se over seeds
+COLUMNS = {"ece": "ECE", "log_loss": "log loss", "error_auroc": "error AUROC",
+           "selective_accuracy_50": "accuracy on the most confident half",
+           "closing_drop": "accuracy lost to a polite closing on the loser"}
+
+
+def prepare(args, name: str) -> tuple[dict, list]:
+    """Data set ``name`` and its test features with each closing appended to the loser (cached)."""
+    args.data = name
+    data = load(args)
+    backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
+    polite = [text_features(data["test_pairs"].map(lambda row, c=closing: {"rejected": f"{row['rejected'].rstrip()} {c}"}),
+                            backbone, args.cache_dir)[0]
+              for closing in CLOSINGS]
+    assert all(len(f) == len(data["test"]) for f in polite)
+    return data, polite
+
+
+def job(args, name: str, model: str, seed: int, workers: int = 1) -> dict:
+    """One fit of ``model`` to data set ``name`` with ``seed``, and its figures on the test pairs."""
+    if workers > 1:
+        torch.set_num_threads(1)
+    data, polite = prepare(args, name)
+    _, fitted = curve(model, data, output_dir(args, "real_data") / f"{name}-{model}-seed{seed}", seed=seed,
+                      steps=args.steps, log_every=args.log_every)
+    ev = evaluate_predictions(predict(fitted, data["test"]))
+    with_closing = sum(predict(fitted, f).correct.mean().item() for f in polite) / len(polite)
+    return {"accuracy": ev["accuracy"], "ece": ev["calibration"]["ece"], "log_loss": ev["calibration"]["log_loss"],
+            "error_auroc": ev["error_auroc"], "selective_accuracy_50": ev["selective_accuracy_50"],
+            "closing_accuracy": with_closing, "closing_drop": ev["accuracy"]["accuracy"] - with_closing}
+
+
+def row(name: str, model: str, runs: list[dict]) -> list[str]:
+    """The table's row: seed 0's bootstrap interval, every other figure as the mean (± se) over seeds."""
+    def figure(values):  # an error AUROC is nan where a model ties every pair
+        return "nan" if any(math.isnan(v) for v in values) else cell(statistics.mean(values), standard_error(values))
+
+    first = runs[0]["accuracy"]
+    return [name, LABELS[model], figure([r["accuracy"]["accuracy"] for r in runs]),
+            f"{first['low']:.3f} - {first['high']:.3f}", *(figure([r[key] for r in runs]) for key in COLUMNS)]
 
 
 def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0], models="vrm,vrm-auto,vrm-conditional,vrm-paper,rm,rm-tuned,rm-temperature,twin")
     p.set_defaults(data="uf,hh")
+    p.add_argument("--workers", type=int, default=1, help="fits run in this many processes, one thread each")
     args = p.parse_args(argv)
     out = output_dir(args, "real_data")
-    results, rows = {"data": args.data, "models": model_names(args), "results": {}}, []
+    results, rows = {"data": args.data, "models": model_names(args), "seeds": args.seeds, "results": {}}, []
+    names = []
     for name in args.data.split(","):
         if name in SHARED and not SHARED[name].exists():
             print(f"skipping --data {name}: {SHARED[name]} is absent")
             continue
-        args.data = name
-        data = load(args)
-        backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
-        polite = [text_features(data["test_pairs"].map(lambda row, c=closing: {"rejected": f"{row['rejected'].rstrip()} {c}"}),
-                                backbone, args.cache_dir)[0]
-                  for closing in CLOSINGS]
-        assert all(len(f) == len(data["test"]) for f in polite)
+        data, _ = prepare(args, name)  # in this process first, so that the workers read the feature cache
         results["results"][name] = {"train_pairs": len(data["train"]), "test_pairs": len(data["test"]), "models": {}}
+        names.append(name)
+    tasks = [(name, model, seed) for name in names for model in model_names(args) for seed in range(args.seeds)]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(job, [args] * len(tasks), *zip(*tasks), [args.workers] * len(tasks)))
+    else:
+        done = [job(args, *task) for task in tasks]
+    for name in names:
         for model in model_names(args):
-            runs = []
-            for seed in range(args.seeds):
-                _, fitted = curve(model, data, out / f"{name}-{model}-seed{seed}", seed=seed, steps=args.steps,
-                                  log_every=args.log_every)
-                ev = evaluate_predictions(predict(fitted, data["test"]))
-                with_closing = sum(predict(fitted, f).correct.mean().item() for f in polite) / len(polite)
-                runs.append({"accuracy": ev["accuracy"], "ece": ev["calibration"]["ece"],
-                             "log_loss": ev["calibration"]["log_loss"], "error_auroc": ev["error_auroc"],
-                             "selective_accuracy_50": ev["selective_accuracy_50"],
-                             "closing_accuracy": with_closing,
-                             "closing_drop": ev["accuracy"]["accuracy"] - with_closing})
+            runs = [r for (n, m, _), r in zip(tasks, done) if (n, m) == (name, model)]
             results["results"][name]["models"][model] = runs
-            first = runs[0]
-            rows.append([name, LABELS[model], f"{first['accuracy']['accuracy']:.3f}",
-                         f"{first['accuracy']['low']:.3f} - {first['accuracy']['high']:.3f}",
-                         f"{first['ece']:.3f}", f"{first['log_loss']:.3f}", f"{first['error_auroc']:.3f}",
-                         f"{first['selective_accuracy_50']:.3f}", f"{first['closing_drop']:.3f}"])
-    show(results, ["data", "model", "test accuracy", "bootstrap 95% interval", "ECE", "log loss", "error AUROC",
-                 "accuracy on the most confident half", "accuracy lost to a polite closing on the loser"], rows)
+            rows.append(row(name, model, runs))
+    show(results, ["data", "model", "test accuracy", "bootstrap 95% interval (seed 0)", *COLUMNS.values()], rows)
+    if args.seeds > 1:
+        print(f"\nmean ± standard error over {args.seeds} seeds (fits, minibatches and validation carve-outs)")
     write_results(out, results)
     return results
 

@@ -84,15 +84,22 @@ def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
 
 def test_real_data_scores_the_polite_closing_hack_for_every_model(scripts, small_text, tmp_path, capsys):
     real_data = scripts["real_data"]
-    results = real_data.main([*TINY, "--data", "simulated-text", "--models", "rm,rm-temperature",
+    results = real_data.main([*TINY, "--seeds", "2", "--data", "simulated-text", "--models", "rm,rm-temperature",
                               "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
     header = capsys.readouterr().out.splitlines()[0]
     assert " accuracy lost to a polite closing on the loser " in header
     models = results["results"]["simulated-text"]["models"]
     for runs in models.values():
-        run = runs[0]
-        assert 0 <= run["closing_accuracy"] <= 1
-        assert run["closing_drop"] == pytest.approx(run["accuracy"]["accuracy"] - run["closing_accuracy"])
+        assert len(runs) == 2
+        for run in runs:
+            assert 0 <= run["closing_accuracy"] <= 1
+            assert run["closing_drop"] == pytest.approx(run["accuracy"]["accuracy"] - run["closing_accuracy"])
+    # each figure of the table is the mean ± se over the seeds
+    rm_row = next(r for r in results["table"]["rows"] if r[1] == "RM")
+    log_losses = [run["log_loss"] for run in models["rm"]]
+    mean, se = (float(x) for x in rm_row[results["table"]["header"].index("log loss")].split(" ± "))
+    assert mean == pytest.approx(sum(log_losses) / 2, abs=1e-3)
+    assert se == pytest.approx(abs(log_losses[0] - log_losses[1]) / 2, abs=1e-3)
     # the temperature divides the RM's margins: the same ranking, with and without the closing
     assert models["rm-temperature"][0]["closing_accuracy"] == pytest.approx(models["rm"][0]["closing_accuracy"])
     assert models["rm-temperature"][0]["accuracy"]["accuracy"] == pytest.approx(models["rm"][0]["accuracy"]["accuracy"])
@@ -130,3 +137,31 @@ def test_population_concentration_matches_a_dirichlets_mean_and_spread(scripts):
     alpha = torch.tensor([0.5, 1.0, 3.0])
     draws = torch.distributions.Dirichlet(alpha).sample((40000,))
     assert torch.tensor(scripts["learning_curve"].population_concentration(draws)) == pytest.approx(alpha, rel=0.05)
+
+
+def test_models_chosen_on_validation_pairs_keep_the_package_cadence(scripts):
+    from common import configs
+
+    from pyro_vrm import TrainConfig
+
+    package = TrainConfig().log_every
+    for name in ("rm-tuned", "vrm-auto", "vrm-conditional"):
+        assert configs(name, log_every=50)[1].log_every == package
+        assert configs(name, log_every=5)[1].log_every == 5
+    assert configs("rm", log_every=50)[1].log_every == 50
+    assert configs("vrm", log_every=50)[1].log_every == 50
+
+
+def test_real_data_in_worker_processes_matches_one_process(scripts, tmp_path):
+    real_data = scripts["real_data"]
+    # a file, since the workers load the data themselves (a monkeypatch does not reach them)
+    text = simulated_text.simulate_text(simulated_text.TextSimulationConfig(num_prompts=16)).to_dict()
+    rows = [{k: text[k][i] for k in ("prompt", "chosen", "rejected")} for i in range(len(text["prompt"]))]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [*TINY, "--seeds", "2", "--data", str(tmp_path / "pairs.jsonl"), "--models", "rm",
+            "--cache-dir", str(tmp_path / "cache")]
+    one = real_data.main([*args, "--out", str(tmp_path / "one")])["results"][str(tmp_path / "pairs.jsonl")]["models"]["rm"]
+    two = real_data.main([*args, "--out", str(tmp_path / "two"), "--workers", "2"])["results"][str(tmp_path / "pairs.jsonl")]
+    for a, b in zip(one, two["models"]["rm"], strict=True):
+        assert b["log_loss"] == pytest.approx(a["log_loss"], rel=1e-4)
+        assert b["accuracy"]["accuracy"] == pytest.approx(a["accuracy"]["accuracy"], abs=1e-6)
