@@ -193,16 +193,23 @@ def report(results: dict, names: list[str]) -> None:
     show(results, ["model", *(f"gold n={n}" for n in gold_n), f"filler share n={filler_n}"], rows)
 
 
-def main(argv=None) -> dict:
-    p = parser(__doc__.splitlines()[0], models="vrm,vrm-paper,rm,rm-tuned,twin")
+def candidate_flags(p, max_n: int = 64, kappas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)) -> None:
+    """The flags of a best-of-n experiment (this one, ``last_layer.py``, ``overoptimisation.py``):
+    the test prompts, the pool size, the validation prompts and pools kappa is chosen on, the
+    kappas and the seed of the draws."""
     p.add_argument("--prompts", type=int, default=64, help="held-out (test) prompts, a seeded subset; 0: all")
-    p.add_argument("--max-n", type=int, default=64, help="largest n and pool size per prompt; n = 1, 2, 4, ...")
-    p.add_argument("--filler-rate", type=float, default=0.5, help="P(filler) of a fresh candidate")
-    p.add_argument("--kappas", type=lambda s: [float(k) for k in s.split(",")], default=[0.0, 0.5, 1.0, 2.0],
-                   help="risk aversions tried for vrm-risk-averse (mean - kappa sd)")
+    p.add_argument("--max-n", type=int, default=max_n, help="largest n and pool size per test prompt; n = 1, 2, 4, ...")
     p.add_argument("--val-prompts", type=int, default=32, help="validation prompts for kappa; 0: all")
     p.add_argument("--val-pool", type=int, default=32, help="candidates per validation prompt (kappa at best-of-16)")
-    p.add_argument("--sample-seed", type=int, default=0, help="seed of the candidate draws")
+    p.add_argument("--kappas", type=lambda s: [float(k) for k in s.split(",")], default=list(kappas),
+                   help="risk aversions tried for mean - kappa sd, comma-separated")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the candidate (and OOD text) draws")
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__.splitlines()[0], models="vrm,vrm-paper,rm,rm-tuned,twin")
+    candidate_flags(p, kappas=(0.0, 0.5, 1.0, 2.0))
+    p.add_argument("--filler-rate", type=float, default=0.5, help="P(filler) of a fresh candidate")
     args = p.parse_args(argv)
     if args.data != "simulated-text":
         sys.exit("best-of-n needs --data simulated-text (its gold reward is the simulator's)")

@@ -287,6 +287,21 @@ def _gold_gain(record: dict, model: str, against: str) -> tuple[int, str, str]:
     return n, f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]
 
 
+# (claim, model, against): PPO's final gold reward on held rollouts at each KL penalty
+PPO_CLAIMS = (("VRM beats the twin", "vrm", "twin"), ("VRM beats the RM", "vrm", "rm"),
+              ("VRM's penalised ranking beats the twin's", "vrm+penalty", "twin+penalty"))
+
+
+def _ppo_gain(curves: dict, model: str, against: str) -> tuple[str, str]:
+    """(the difference in PPO's final gold, paired by seed where there are several, its verdict)."""
+    seeds = [curves[m].get("final_gold_per_seed") for m in (model, against)]
+    if not all(seeds) or len(seeds[0]) < 2:
+        return f"{curves[model]['gold'][-1] - curves[against]['gold'][-1]:+.3f} (one seed, no se)", \
+            "not measured with error bars"
+    gain = paired_difference(*seeds, lower_is_better=False)
+    return f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]
+
+
 # the learning curves' claims the README's verdict table shows (docs/results.md shows them all)
 README_CLAIMS = ("VRM beats the twin", "VRM beats the RM", "the prior matters")
 
@@ -305,15 +320,18 @@ def verdict(results: Path, claims: tuple[str, ...] | None = None) -> str:
                 for c in record["comparisons"] if claims is None or c["claim"] in claims]
         parts += [table(["claim", "data", "difference", *(f"{m.replace('_', ' ')}: at n = 100 (± se); beyond 2 se"
                                                            for m in VERDICT_METRICS)], rows), ""]
-    path = next((p for p in (results / "overoptimisation_seeds.json", results / "overoptimisation.json")
-                 if p.exists()), None)
-    if path is not None:
+    path = results / "overoptimisation.json"
+    if path.exists():
         record = json.loads(path.read_text())
         sources.append(record)
         rows = []
         for claim, model, against, what in GOLD_CLAIMS:
             n, difference, said = _gold_gain(record, model, against)
             rows.append([claim, f"best-of-{n} gold, {what}", difference, said])
+        for penalty, curves in record.get("ppo", {}).items():
+            rows += [[claim, f"PPO's final gold at the {penalty} KL penalty, {model} minus {against}",
+                      *_ppo_gain(curves, model, against)]
+                     for claim, model, against in PPO_CLAIMS if model in curves and against in curves]
         parts += [table(["claim", "evidence", "difference", "verdict (beyond 2 se)"], rows), ""]
     if not parts:
         return "(not run yet: python experiments/learning_curve.py)"
@@ -323,8 +341,6 @@ def verdict(results: Path, claims: tuple[str, ...] | None = None) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "last_layer": last_layer, "learning_curve": learning_curve,
-    # best-of-n and OOD over seeds, without PPO (--no-ppo), beside the run whose figure has PPO
-    "overoptimisation_seeds": lambda r: overoptimisation(r, None),
     "overoptimisation_long": lambda r: "\n".join([
         printed(r), "", *(f for f in overoptimisation_findings(r) if f.startswith("Under the weak penalty"))]),
     "reward_hacking": reward_hacking, "best_of_n": best_of_n, "overoptimisation": overoptimisation,

@@ -165,3 +165,46 @@ def test_real_data_in_worker_processes_matches_one_process(scripts, tmp_path):
     for a, b in zip(one, two["models"]["rm"], strict=True):
         assert b["log_loss"] == pytest.approx(a["log_loss"], rel=1e-4)
         assert b["accuracy"]["accuracy"] == pytest.approx(a["accuracy"]["accuracy"], abs=1e-6)
+
+
+def test_last_layer_compares_one_nuts_fit_with_the_ensembles(scripts, small_text, tmp_path, capsys):
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        last_layer = importlib.import_module("last_layer")
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    results = last_layer.main(["--steps", "10", "--log-every", "5", "--max-length", "48", "--members", "2",
+                               "--num-samples", "20", "--warmup", "20", "--chains", "2", "--prompts", "4",
+                               "--max-n", "4", "--val-prompts", "4", "--val-pool", "4", "--ood-texts", "8",
+                               "--kappas", "0,1", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
+    models = results["models"]
+    assert list(models) == ["rm", "rm-last-layer", "rm-ensemble", "vrm-ensemble"]
+    # its cost is what each is: the last layer is one fit, an ensemble one fit per member
+    assert models["rm-last-layer"]["fits"] == 1 and models["rm-ensemble"]["fits"] == 2
+    for r in models.values():
+        assert r["kappa"] in (0.0, 1.0) and r["gold"] == r["gold_by_kappa"][str(r["kappa"])]
+        assert 0 <= r["test_accuracy"] <= 1 and r["test_log_loss"] > 0
+    assert results["last_layer"]["r_hat_max"] > 0.9 and results["last_layer"]["prior_scale"] > 0
+    assert json.loads((tmp_path / "results.json").read_text())["table"] == results["table"]
+    assert "best-of-4 gold" in capsys.readouterr().out
+
+
+def test_ppo_demo_trains_each_reward_model_then_ppo_against_it(scripts, small_text, monkeypatch, tmp_path):
+    from pyro_vrm import ppo_run
+
+    small = simulated_text.TextSimulationConfig()  # small_text's: PPO draws its prompts from it as well
+    monkeypatch.setattr(ppo_run, "TextSimulationConfig", lambda seed=0: small)
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        ppo_demo = importlib.import_module("ppo_demo")
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    results = ppo_demo.main(["--models", "rm", "--steps", "2", "--reward-steps", "10", "--out", str(tmp_path),
+                             "--extra", "--rollouts-per-step", "4", "--minibatch-size", "4", "--max-new-tokens", "8",
+                             "--eval-rollouts", "8", "--eval-every", "1", "--warm-start-steps", "5"])
+    run = results["models"]["rm"]
+    assert 0 <= run["reward_model"]["test_accuracy"] <= 1
+    assert {f"{k}_{end}" for k in ppo_demo.FIGURES for end in ("start", "end")} <= set(run["ppo"])
+    assert 0 <= run["ppo"]["filler_rate_end"] <= 1
+    assert results["table"]["rows"][0][0] == "RM"
+    assert (tmp_path / "rm-ppo").is_dir() and (tmp_path / "results.json").exists()

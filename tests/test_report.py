@@ -124,7 +124,14 @@ def test_the_verdict_table_judges_each_claim_by_its_standard_errors(tmp_path):
     bon["vrm"]["gold_per_seed"] = [[0.0, 2.0], [0.0, 1.0]]
     bon["vrm+posterior-sd"]["gold_per_seed"] = [[0.0, 2.5], [0.0, 1.4]]
     bon["vrm+penalty"]["gold_per_seed"] = bon["twin+penalty"]["gold_per_seed"] = [[0.0, 2.0], [0.0, 2.0]]
-    (tmp_path / "overoptimisation_seeds.json").write_text(json.dumps({"run": RUN, "best_of_n": bon}))
+    ppo = {"weak": {"vrm": {"gold": [0.0, 1.0], "final_gold_per_seed": [1.0, 0.6]},
+                    "twin": {"gold": [0.0, 0.5], "final_gold_per_seed": [0.5, 0.6]},
+                    "rm": {"gold": [0.0, -3.0]}}}
+    (tmp_path / "overoptimisation.json").write_text(json.dumps({"run": RUN, "best_of_n": bon, "ppo": ppo}))
     rendered = report.verdict(tmp_path)
-    assert "| +0.450 ± 0.050 (2 seeds) | better |" in rendered  # the seeds' run is preferred
+    assert "| +0.450 ± 0.050 (2 seeds) | better |" in rendered
     assert "| +0.000 ± 0.000 (2 seeds) | within noise |" in rendered
+    # PPO's final gold, paired by seed: vrm - twin is +0.5 and 0, so +0.25 ± 0.25: within 2 se
+    assert ("| VRM beats the twin | PPO's final gold at the weak KL penalty, vrm minus twin | +0.250 ± 0.250 "
+            "(2 seeds) | within noise |") in rendered
+    assert "| PPO's final gold at the weak KL penalty, vrm minus rm | +4.000 (one seed, no se) |" in rendered
