@@ -28,7 +28,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from records import cell, paired_difference, table
+from records import cell, table
+from verdicts import README_CLAIMS, _at_64, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- report:(?P<key>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=key) -->)", re.S)
@@ -116,12 +117,6 @@ def best_of_n(record: dict) -> str:
         lines.append(f"At {column.replace('gold ', '')}, the mean gold reward of VRM's picks is {gold['VRM']:.3f} against the "
                      f"RM's {gold['RM']:.3f}{twin} (the oracle's: {gold.get('oracle (gold reward)', float('nan')):.3f}).")
     return "\n".join(lines)
-
-
-def _at_64(best_of_n: dict) -> tuple[int, int]:
-    """(n, its index) of the best-of-n curve point the findings read: n = 64, else the largest n."""
-    n = 64 if 64 in best_of_n["n"] else best_of_n["n"][-1]
-    return n, best_of_n["n"].index(n)
 
 
 def overoptimisation_findings(record: dict) -> list[str]:
@@ -236,107 +231,6 @@ def learning_curve(record: dict) -> str:
     return "\n".join([table(record["table"]["header"], record["table"]["rows"]), "",
                       f"![learning_curve.png](results/{PLOTS['learning_curve']})", "",
                       f"{record['args']['seeds']} seeds, mean ± standard error. From " + provenance(record) + "."])
-
-
-def _sizes_verdict(sizes: list[dict]) -> str:
-    """'better at n = 50, 100; within noise at n = 200' from per-size verdicts."""
-    groups: dict[str, list[str]] = {}
-    for size in sizes:
-        groups.setdefault(size["verdict"], []).append(str(size["n"]))
-    if len(groups) == 1:
-        return f"{next(iter(groups))} at every n"
-    return "; ".join(f"{v} at n = {', '.join(ns)}" for v, ns in groups.items())
-
-
-# the learning curves' metrics a verdict reads, each with whether lower is better
-VERDICT_METRICS = {"log_loss": True, "accuracy": False, "shifted_accuracy": False, "w_recovery": False}
-
-
-def _claim_cells(curves: dict, model: str, against: str, at: int = 100) -> list[str]:
-    """Per metric of :data:`VERDICT_METRICS`: the paired difference model - against at n = ``at``
-    (or the smallest n) with its se, and the verdict at every n; '-' where either lacks it."""
-    cells = []
-    for metric, lower_is_better in VERDICT_METRICS.items():
-        seeds = [curves[m]["per_seed"].get(metric) for m in (model, against)]
-        if not all(seeds):
-            cells.append("-")
-            continue
-        sizes = [{"n": n, **paired_difference(a, b, lower_is_better)} for n, a, b in zip(curves[model]["n"], *seeds)]
-        shown = next((size for size in sizes if size["n"] == at), sizes[0])
-        cells.append(f"{cell(shown['difference'], shown['se'], sign=True)}; {_sizes_verdict(sizes)}")
-    return cells
-
-
-# (claim, ranking, against it, what the difference is): best-of-n gold gains the verdict reads
-GOLD_CLAIMS = (("the posterior sd helps", "vrm+posterior-sd", "vrm",
-                "VRM ranked by mean - kappa sd with its posterior sd, minus VRM by its mean"),
-               ("VRM's penalised ranking beats the twin's", "vrm+penalty", "twin+penalty",
-                "VRM by mean - kappa sd with its chosen sd, minus the twin by its ensemble's"))
-
-
-def _gold_gain(record: dict, model: str, against: str) -> tuple[int, str, str]:
-    """(n, the difference in best-of-n gold at n = 64 or the largest n, paired by seed where there
-    are several, and its verdict)."""
-    bon = record["best_of_n"]
-    n, i = _at_64(bon)
-    seeds = [bon[m].get("gold_per_seed") for m in (model, against)]
-    if not all(seeds) or len(seeds[0]) < 2:
-        difference = bon[model]["gold"][i] - bon[against]["gold"][i]
-        return n, f"{difference:+.3f} (one seed, no se)", "not measured with error bars"
-    gain = paired_difference([g[i] for g in seeds[0]], [g[i] for g in seeds[1]], lower_is_better=False)
-    return n, f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]
-
-
-# (claim, model, against): PPO's final gold reward on held rollouts at each KL penalty
-PPO_CLAIMS = (("VRM beats the twin", "vrm", "twin"), ("VRM beats the RM", "vrm", "rm"),
-              ("VRM's penalised ranking beats the twin's", "vrm+penalty", "twin+penalty"))
-
-
-def _ppo_gain(curves: dict, model: str, against: str) -> tuple[str, str]:
-    """(the difference in PPO's final gold, paired by seed where there are several, its verdict)."""
-    seeds = [curves[m].get("final_gold_per_seed") for m in (model, against)]
-    if not all(seeds) or len(seeds[0]) < 2:
-        return f"{curves[model]['gold'][-1] - curves[against]['gold'][-1]:+.3f} (one seed, no se)", \
-            "not measured with error bars"
-    gain = paired_difference(*seeds, lower_is_better=False)
-    return f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]
-
-
-# the learning curves' claims the README's verdict table shows (docs/results.md shows them all)
-README_CLAIMS = ("VRM beats the twin", "VRM beats the RM", "the prior matters")
-
-
-def verdict(results: Path, claims: tuple[str, ...] | None = None) -> str:
-    """The verdict tables: for each claim of the learning curves (those in ``claims``; None: all),
-    the paired differences over seeds in each metric, at n = 100 and at every n; then the
-    posterior sd's best-of-n gain."""
-    parts, sources = [], []
-    path = results / "learning_curve.json"
-    if path.exists():
-        record = json.loads(path.read_text())
-        sources.append(record)
-        rows = [[c["claim"], c["data"], f"{c['model']} - {c['against']}",
-                 *_claim_cells(record["results"][c["data"]], c["model"], c["against"])]
-                for c in record["comparisons"] if claims is None or c["claim"] in claims]
-        parts += [table(["claim", "data", "difference", *(f"{m.replace('_', ' ')}: at n = 100 (± se); beyond 2 se"
-                                                           for m in VERDICT_METRICS)], rows), ""]
-    path = results / "overoptimisation.json"
-    if path.exists():
-        record = json.loads(path.read_text())
-        sources.append(record)
-        rows = []
-        for claim, model, against, what in GOLD_CLAIMS:
-            n, difference, said = _gold_gain(record, model, against)
-            rows.append([claim, f"best-of-{n} gold, {what}", difference, said])
-        for penalty, curves in record.get("ppo", {}).items():
-            rows += [[claim, f"PPO's final gold at the {penalty} KL penalty, {model} minus {against}",
-                      *_ppo_gain(curves, model, against)]
-                     for claim, model, against in PPO_CLAIMS if model in curves and against in curves]
-        parts += [table(["claim", "evidence", "difference", "verdict (beyond 2 se)"], rows), ""]
-    if not parts:
-        return "(not run yet: python experiments/learning_curve.py)"
-    return "\n".join([*parts, "From " + "; ".join(f"`{r['run']['command']}` (run {r['run']['date']}, commit "
-                                                  f"`{r['run']['commit']}`)" for r in sources) + "."])
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
