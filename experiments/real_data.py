@@ -50,11 +50,12 @@ def prepare(args, name: str) -> tuple[dict, list]:
     return data, polite
 
 
-def job(args, name: str, model: str, seed: int, workers: int = 1) -> dict:
-    """One fit of ``model`` to data set ``name`` with ``seed``, and its figures on the test pairs."""
-    if workers > 1:
+def job(args, name: str, model: str, seed: int, prepared: tuple[dict, list] | None = None) -> dict:
+    """One fit of ``model`` to data set ``name`` with ``seed``, and its figures on the test pairs;
+    ``prepared``: :func:`prepare`'s result, which a worker process (None) reads from the caches."""
+    if prepared is None:
         torch.set_num_threads(1)
-    data, polite = prepare(args, name)
+    data, polite = prepared or prepare(args, name)
     _, fitted = curve(model, data, output_dir(args, "real_data") / f"{name}-{model}-seed{seed}", seed=seed,
                       steps=args.steps, log_every=args.log_every)
     ev = evaluate_predictions(predict(fitted, data["test"]))
@@ -81,20 +82,20 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     out = output_dir(args, "real_data")
     results, rows = {"data": args.data, "models": model_names(args), "seeds": args.seeds, "results": {}}, []
-    names = []
+    prepared = {}  # in this process first, so that worker processes read the feature cache
     for name in args.data.split(","):
         if name in SHARED and not SHARED[name].exists():
             print(f"skipping --data {name}: {SHARED[name]} is absent")
             continue
-        data, _ = prepare(args, name)  # in this process first, so that the workers read the feature cache
+        data, _ = prepared[name] = prepare(args, name)
         results["results"][name] = {"train_pairs": len(data["train"]), "test_pairs": len(data["test"]), "models": {}}
-        names.append(name)
+    names = list(prepared)
     tasks = [(name, model, seed) for name in names for model in model_names(args) for seed in range(args.seeds)]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(job, [args] * len(tasks), *zip(*tasks), [args.workers] * len(tasks)))
+            done = list(pool.map(job, [args] * len(tasks), *zip(*tasks)))
     else:
-        done = [job(args, *task) for task in tasks]
+        done = [job(args, *task, prepared=prepared[task[0]]) for task in tasks]
     for name in names:
         for model in model_names(args):
             runs = [r for (n, m, _), r in zip(tasks, done) if (n, m) == (name, model)]

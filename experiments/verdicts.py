@@ -58,11 +58,17 @@ def _gold_gain(record: dict, model: str, against: str) -> tuple[int, str, str]:
     bon = record["best_of_n"]
     n, i = _at_64(bon)
     seeds = [bon[m].get("gold_per_seed") for m in (model, against)]
-    if not all(seeds) or len(seeds[0]) < 2:
-        difference = bon[model]["gold"][i] - bon[against]["gold"][i]
-        return n, f"{difference:+.3f} (one seed, no se)", "not measured with error bars"
-    gain = paired_difference([g[i] for g in seeds[0]], [g[i] for g in seeds[1]], lower_is_better=False)
-    return n, f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]
+    per_seed = [[g[i] for g in s] for s in seeds] if all(seeds) else None
+    return n, *_gain(per_seed, bon[model]["gold"][i] - bon[against]["gold"][i])
+
+
+def _gain(per_seed: list[list[float]] | None, difference: float) -> tuple[str, str]:
+    """(the gain of a higher-is-better figure, paired by seed where ``per_seed`` (model, against)
+    has several seeds, else ``difference`` alone; its verdict)."""
+    if not per_seed or len(per_seed[0]) < 2:
+        return f"{difference:+.3f} (one seed, no se)", "not measured with error bars"
+    gain = paired_difference(*per_seed, lower_is_better=False)
+    return f"{cell(gain['difference'], gain['se'], sign=True)} ({len(per_seed[0])} seeds)", gain["verdict"]
 
 
 # (claim, model, against): PPO's final gold reward on held rollouts at each KL penalty
@@ -73,11 +79,7 @@ PPO_CLAIMS = (("VRM beats the twin", "vrm", "twin"), ("VRM beats the RM", "vrm",
 def _ppo_gain(curves: dict, model: str, against: str) -> tuple[str, str]:
     """(the difference in PPO's final gold, paired by seed where there are several, its verdict)."""
     seeds = [curves[m].get("final_gold_per_seed") for m in (model, against)]
-    if not all(seeds) or len(seeds[0]) < 2:
-        return f"{curves[model]['gold'][-1] - curves[against]['gold'][-1]:+.3f} (one seed, no se)", \
-            "not measured with error bars"
-    gain = paired_difference(*seeds, lower_is_better=False)
-    return f"{cell(gain['difference'], gain['se'], sign=True)} ({len(seeds[0])} seeds)", gain["verdict"]
+    return _gain(seeds if all(seeds) else None, curves[model]["gold"][-1] - curves[against]["gold"][-1])
 
 
 # the learning curves' claims the README's verdict table shows (docs/results.md shows them all)
