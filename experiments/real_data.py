@@ -7,6 +7,13 @@ accuracy a polite closing that carries no content costs it when appended to the 
 (the mean over :data:`CLOSINGS`): the reward hack of the simulated-text test bed, on real text,
 where no aspect score anchors VRM's reward to a named quality.
 
+On a few hundred test pairs both figures carry noise of their own. A calibrated predictor's ECE is
+above 0 by chance, so the table gives the ECE's p-value under the model's own predictions
+(consistency resampling, :func:`pyro_vrm.metrics.calibration`). Any change to a response's hidden
+state moves some rewards across the decision boundary whatever its content, so the closing is also
+appended to the chosen response: half the difference of the two accuracies is the closing's bias,
+what it buys the side that carries it; the rest of the drop is the cost of perturbing the text.
+
     python experiments/real_data.py [--data uf,hh] [--seeds 1] [--workers 1]
                                     [--models vrm,vrm-auto,vrm-conditional,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
@@ -33,24 +40,26 @@ CLOSINGS = (
     "It was a pleasure to answer this; thank you for the thoughtful question.",
 )
 # figure of a run -> its column; with several seeds each is the mean ± se over seeds
-COLUMNS = {"ece": "ECE", "log_loss": "log loss", "error_auroc": "error AUROC",
+COLUMNS = {"ece": "ECE", "ece_pvalue": "ECE p-value", "log_loss": "log loss", "error_auroc": "error AUROC",
            "selective_accuracy_50": "accuracy on the most confident half",
-           "closing_drop": "accuracy lost to a polite closing on the loser"}
+           "closing_drop": "accuracy lost to a polite closing on the loser",
+           "closing_bias": "closing bias: (accuracy with it on the winner - on the loser) / 2"}
 
 
-def prepare(args, name: str) -> tuple[dict, list]:
-    """Data set ``name`` and its test features with each closing appended to the loser (cached)."""
+def prepare(args, name: str) -> tuple[dict, dict[str, list]]:
+    """Data set ``name`` and its test features with each closing appended to the loser, and to the
+    winner, ``{"rejected": [...], "chosen": [...]}`` (cached)."""
     args.data = name
     data = load(args)
     backbone = load_backbone(BackboneConfig(backbone=args.backbone, max_length=args.max_length))
-    polite = [text_features(data["test_pairs"].map(lambda row, c=closing: {"rejected": f"{row['rejected'].rstrip()} {c}"}),
-                            backbone, args.cache_dir)[0]
-              for closing in CLOSINGS]
-    assert all(len(f) == len(data["test"]) for f in polite)
+    polite = {side: [text_features(data["test_pairs"].map(lambda row, c=closing: {side: f"{row[side].rstrip()} {c}"}),
+                                   backbone, args.cache_dir)[0] for closing in CLOSINGS]
+              for side in ("rejected", "chosen")}
+    assert all(len(f) == len(data["test"]) for side in polite.values() for f in side)
     return data, polite
 
 
-def job(args, name: str, model: str, seed: int, prepared: tuple[dict, list] | None = None) -> dict:
+def job(args, name: str, model: str, seed: int, prepared: tuple[dict, dict] | None = None) -> dict:
     """One fit of ``model`` to data set ``name`` with ``seed``, and its figures on the test pairs;
     ``prepared``: :func:`prepare`'s result, which a worker process (None) reads from the caches."""
     if prepared is None:
@@ -59,10 +68,13 @@ def job(args, name: str, model: str, seed: int, prepared: tuple[dict, list] | No
     _, fitted = curve(model, data, output_dir(args, "real_data") / f"{name}-{model}-seed{seed}", seed=seed,
                       steps=args.steps, log_every=args.log_every)
     ev = evaluate_predictions(predict(fitted, data["test"]))
-    with_closing = sum(predict(fitted, f).correct.mean().item() for f in polite) / len(polite)
-    return {"accuracy": ev["accuracy"], "ece": ev["calibration"]["ece"], "log_loss": ev["calibration"]["log_loss"],
-            "error_auroc": ev["error_auroc"], "selective_accuracy_50": ev["selective_accuracy_50"],
-            "closing_accuracy": with_closing, "closing_drop": ev["accuracy"]["accuracy"] - with_closing}
+    on_loser, on_winner = (sum(predict(fitted, f).correct.mean().item() for f in polite[side]) / len(CLOSINGS)
+                           for side in ("rejected", "chosen"))
+    return {"accuracy": ev["accuracy"], "ece": ev["calibration"]["ece"], "ece_pvalue": ev["calibration"]["ece_pvalue"],
+            "log_loss": ev["calibration"]["log_loss"], "error_auroc": ev["error_auroc"],
+            "selective_accuracy_50": ev["selective_accuracy_50"], "closing_accuracy": on_loser,
+            "closing_drop": ev["accuracy"]["accuracy"] - on_loser, "closing_on_winner_accuracy": on_winner,
+            "closing_bias": (on_winner - on_loser) / 2}
 
 
 def row(name: str, model: str, runs: list[dict]) -> list[str]:

@@ -94,6 +94,9 @@ def test_real_data_scores_the_polite_closing_hack_for_every_model(scripts, small
         for run in runs:
             assert 0 <= run["closing_accuracy"] <= 1
             assert run["closing_drop"] == pytest.approx(run["accuracy"]["accuracy"] - run["closing_accuracy"])
+            # the control: the same closing on the winner; the bias is half the difference
+            assert run["closing_bias"] == pytest.approx((run["closing_on_winner_accuracy"] - run["closing_accuracy"]) / 2)
+            assert 0 < run["ece_pvalue"] <= 1
     # each figure of the table is the mean ± se over the seeds
     rm_row = next(r for r in results["table"]["rows"] if r[1] == "RM")
     log_losses = [run["log_loss"] for run in models["rm"]]
@@ -101,7 +104,8 @@ def test_real_data_scores_the_polite_closing_hack_for_every_model(scripts, small
     assert mean == pytest.approx(sum(log_losses) / 2, abs=1e-3)
     assert se == pytest.approx(abs(log_losses[0] - log_losses[1]) / 2, abs=1e-3)
     # the temperature divides the RM's margins: the same ranking, with and without the closing
-    assert models["rm-temperature"][0]["closing_accuracy"] == pytest.approx(models["rm"][0]["closing_accuracy"])
+    for key in ("closing_accuracy", "closing_on_winner_accuracy"):
+        assert models["rm-temperature"][0][key] == pytest.approx(models["rm"][0][key])
     assert models["rm-temperature"][0]["accuracy"]["accuracy"] == pytest.approx(models["rm"][0]["accuracy"]["accuracy"])
 
 

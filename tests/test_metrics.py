@@ -49,7 +49,7 @@ def test_a_perfectly_calibrated_predictor_has_near_zero_ece():
     p = torch.rand(200_000, generator=g)
     first_wins = torch.rand(200_000, generator=g) < p
     prob_chosen = torch.where(first_wins, p, 1 - p)  # the data record the winner as "chosen"
-    out = calibration(prob_chosen)
+    out = calibration(prob_chosen, num_draws=20)
     assert out["ece"] < 0.01
     assert out["brier"] == pytest.approx(1 / 6, abs=0.005)  # E[p(1 - p)] for p ~ U(0, 1)
 
@@ -93,3 +93,27 @@ def test_auroc_is_the_share_of_positive_negative_pairs_ordered_right():
     assert math.isclose(auroc(positive, negative), sum(pairs) / len(pairs))
     assert math.isclose(auroc(negative, positive), 1 - auroc(positive, negative))
     assert math.isnan(auroc(positive, torch.tensor([])))
+
+
+def test_ece_expected_of_a_calibrated_predictor_matches_its_observed_ece():
+    # a calibrated predictor on 300 pairs: its ECE is well above 0 by chance alone, about what the
+    # consistency resampling expects, and its p-value is not small
+    g = torch.Generator().manual_seed(2)
+    pvalues, ratios = [], []
+    for _ in range(20):
+        p = 0.5 + 0.3 * torch.rand(300, generator=g)
+        prob_chosen = torch.where(torch.rand(300, generator=g) < p, p, 1 - p)
+        out = calibration(prob_chosen, num_draws=400)
+        pvalues.append(out["ece_pvalue"])
+        ratios.append(out["ece"] / out["ece_expected"])
+    assert 0.75 < sum(ratios) / len(ratios) < 1.25
+    assert sum(pv < 0.05 for pv in pvalues) <= 4  # about 1 in 20 by design
+    assert 0.02 < calibration(prob_chosen)["ece_expected"] < 0.1
+
+
+def test_ece_pvalue_flags_an_overconfident_predictor():
+    # says 0.75 for pairs whose first response wins 60% of the time
+    wins = torch.tensor([True] * 180 + [False] * 120)
+    out = calibration(torch.where(wins, 0.75, 0.25))
+    assert out["ece"] == pytest.approx(0.15, abs=1e-6)
+    assert out["ece_expected"] < 0.06 and out["ece_pvalue"] < 0.01
