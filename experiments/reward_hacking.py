@@ -1,10 +1,11 @@
 """The reward-hacking test bed on simulated-text: for VRM and its controls, over seeds, the
 accuracy on the in-distribution test split, on the shifted split (where the planted filler marks
 the loser), the hack rate (the share of test pairs whose predicted winner flips when the filler
-opens the loser's response), the test log loss of P(chosen wins), and how well each model's
-confidence tells its right test predictions from its wrong ones (error AUROC).
+opens the loser's response), the test log loss and ECE of P(chosen wins), and how well each
+model's confidence tells its right test predictions from its wrong ones (error AUROC).
 
-    python experiments/reward_hacking.py [--seeds 3] [--steps 1000] [--models vrm,vrm-paper,rm,rm-tuned,twin]
+    python experiments/reward_hacking.py [--seeds 3] [--steps 1000]
+                                         [--models vrm,vrm-conditional,vrm-paper,rm,rm-tuned,twin]
 """
 
 import sys
@@ -12,11 +13,11 @@ import sys
 from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, show, write_results
 from pyro_vrm import FILLER, BackboneConfig, evaluate_predictions, hack_rate, load_backbone, predict, text_features
 
-COLUMNS = ("test_accuracy", "shifted_accuracy", "hack_rate", "test_log_loss", "error_auroc")
+COLUMNS = ("test_accuracy", "shifted_accuracy", "hack_rate", "test_log_loss", "test_ece", "error_auroc")
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__.splitlines()[0], seeds=3, models="vrm,vrm-paper,rm,rm-tuned,twin").parse_args(argv)
+    args = parser(__doc__.splitlines()[0], seeds=3, models="vrm,vrm-conditional,vrm-paper,rm,rm-tuned,twin").parse_args(argv)
     if args.data != "simulated-text":
         sys.exit("the reward-hacking test bed needs --data simulated-text (its filler is planted)")
     out, data = output_dir(args, "reward_hacking"), load(args)
@@ -32,12 +33,13 @@ def main(argv=None) -> dict:
             shifted = predict(model, data["shifted"]).correct.mean().item()
             hacked = hack_rate(model, test_pairs, lambda p: text_features(p, backbone, args.cache_dir)[0], FILLER)
             finals.append({"test_accuracy": test["accuracy"]["accuracy"], "shifted_accuracy": shifted,
-                           "test_log_loss": test["calibration"]["log_loss"], "error_auroc": test["error_auroc"],
+                           "test_log_loss": test["calibration"]["log_loss"], "test_ece": test["calibration"]["ece"],
+                           "error_auroc": test["error_auroc"],
                            **hacked})
         results["models"][name] = finals
         rows.append([LABELS[name], len(finals), *(mean_sd([f[k] for f in finals]) for k in COLUMNS)])
     show(results, ["model", "seeds", "test accuracy", "shifted accuracy", "hack rate", "test log loss",
-                 "error AUROC"], rows)
+                 "test ECE", "error AUROC"], rows)
     write_results(out, results)
     return results
 
