@@ -18,8 +18,10 @@ SCRIPTS = {
     "fig4_vrm_vs_rm": (["model", "final test accuracy"], "fig4.png"),
     "fig5_lambda": (["lambda", "final KL per pair"], "fig5.png"),
     "ablation": (["setting", "corr(E[w], aspect target)", "corr(E[w], true w)"], None),
-    "reward_hacking": (["model", "shifted accuracy", "hack rate", "error AUROC"], None),
+    "reward_hacking": (["model", "shifted accuracy", "hack rate", "test ECE", "error AUROC"], None),
 }
+# the conditional preset chooses its weight decay in six fits; its path is tested by the SBC script's test
+MODELS = {"reward_hacking": ["--models", "vrm,vrm-paper,rm,rm-tuned,twin"]}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def small_text(monkeypatch):
 def test_script_writes_results_plot_and_table(name, scripts, small_text, tmp_path, capsys):
     columns, plot = SCRIPTS[name]
     out = tmp_path / name
-    results = scripts[name].main([*TINY, "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    results = scripts[name].main([*TINY, *MODELS.get(name, []), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     header = capsys.readouterr().out.splitlines()[0]
     assert all(f" {c} " in header for c in columns), header
     saved = json.loads((out / "results.json").read_text())
