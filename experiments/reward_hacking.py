@@ -1,7 +1,8 @@
 """The reward-hacking test bed on simulated-text: for VRM and its controls, over seeds, the
 accuracy on the in-distribution test split, on the shifted split (where the planted filler marks
 the loser), the hack rate (the share of test pairs whose predicted winner flips when the filler
-opens the loser's response), the test log loss and ECE of P(chosen wins), and how well each
+opens the loser's response), the test log loss and ECE of P(chosen wins) with the ECE's p-value
+under the model's own predictions (:func:`pyro_vrm.metrics.calibration`), and how well each
 model's confidence tells its right test predictions from its wrong ones (error AUROC).
 
     python experiments/reward_hacking.py [--seeds 3] [--steps 1000]
@@ -13,7 +14,8 @@ import sys
 from common import LABELS, curve, load, mean_sd, model_names, output_dir, parser, show, write_results
 from pyro_vrm import FILLER, BackboneConfig, evaluate_predictions, hack_rate, load_backbone, predict, text_features
 
-COLUMNS = ("test_accuracy", "shifted_accuracy", "hack_rate", "test_log_loss", "test_ece", "error_auroc")
+COLUMNS = ("test_accuracy", "shifted_accuracy", "hack_rate", "test_log_loss", "test_ece", "test_ece_pvalue",
+           "error_auroc")
 
 
 def main(argv=None) -> dict:
@@ -34,12 +36,12 @@ def main(argv=None) -> dict:
             hacked = hack_rate(model, test_pairs, lambda p: text_features(p, backbone, args.cache_dir)[0], FILLER)
             finals.append({"test_accuracy": test["accuracy"]["accuracy"], "shifted_accuracy": shifted,
                            "test_log_loss": test["calibration"]["log_loss"], "test_ece": test["calibration"]["ece"],
-                           "error_auroc": test["error_auroc"],
+                           "test_ece_pvalue": test["calibration"]["ece_pvalue"], "error_auroc": test["error_auroc"],
                            **hacked})
         results["models"][name] = finals
         rows.append([LABELS[name], len(finals), *(mean_sd([f[k] for f in finals]) for k in COLUMNS)])
     show(results, ["model", "seeds", "test accuracy", "shifted accuracy", "hack rate", "test log loss",
-                 "test ECE", "error AUROC"], rows)
+                 "test ECE", "test ECE p-value", "error AUROC"], rows)
     write_results(out, results)
     return results
 

@@ -18,7 +18,7 @@ SCRIPTS = {
     "fig4_vrm_vs_rm": (["model", "final test accuracy"], "fig4.png"),
     "fig5_lambda": (["lambda", "final KL per pair"], "fig5.png"),
     "ablation": (["setting", "corr(E[w], aspect target)", "corr(E[w], true w)"], None),
-    "reward_hacking": (["model", "shifted accuracy", "hack rate", "test ECE", "error AUROC"], None),
+    "reward_hacking": (["model", "shifted accuracy", "hack rate", "test ECE", "test ECE p-value", "error AUROC"], None),
 }
 # the conditional preset chooses its weight decay in six fits; its path is tested by the SBC script's test
 MODELS = {"reward_hacking": ["--models", "vrm,vrm-paper,rm,rm-tuned,twin"]}
