@@ -94,34 +94,34 @@ def calibration(prob_chosen: torch.Tensor, num_bins: int = 10, num_draws: int = 
     p, y = _symmetrize(prob_chosen)
     edges = torch.linspace(0, 1, num_bins + 1, dtype=p.dtype)
     which = torch.bucketize(p, edges[1:-1])
-    bins, ece = [], 0.0
-    for b in range(num_bins):
-        mask = which == b
-        if mask.any():
-            confidence, frequency = p[mask].mean().item(), y[mask].mean().item()
-            ece += mask.double().mean().item() * abs(confidence - frequency)
-            bins.append({"low": edges[b].item(), "high": edges[b + 1].item(), "count": int(mask.sum()),
-                         "confidence": confidence, "frequency": frequency})
-    draws = _resampled_ece(p, which, num_bins, num_draws, seed)
+    one_hot = torch.nn.functional.one_hot(which, num_bins).to(p.dtype)  # (2N, bins)
+    bins = [{"low": edges[b].item(), "high": edges[b + 1].item(), "count": int(mask.sum()),
+             "confidence": p[mask].mean().item(), "frequency": y[mask].mean().item()}
+            for b, mask in enumerate(one_hot.bool().T) if mask.any()]
+    ece = _binned_ece(p, one_hot, y).item()
+    draws = _resampled_ece(p, one_hot, num_draws, seed)
     return {"ece": ece, "brier": ((p - y) ** 2).mean().item(),
             "log_loss": -(y * p.log() + (1 - y) * (1 - p).log()).mean().item(), "bins": bins,
             "ece_expected": draws.mean().item(),
             "ece_pvalue": ((draws >= ece - 1e-12).sum().item() + 1) / (num_draws + 1)}
 
 
-def _resampled_ece(p: torch.Tensor, which: torch.Tensor, num_bins: int, num_draws: int, seed: int) -> torch.Tensor:
+def _binned_ece(p: torch.Tensor, one_hot: torch.Tensor, outcomes: torch.Tensor) -> torch.Tensor:
+    """ECE of predictions ``p`` (2N,) in the bins of ``one_hot`` (2N, bins) for ``outcomes`` (..., 2N):
+    the sum over bins of |sum of p - sum of outcomes| / 2N, the count-weighted |confidence - frequency|."""
+    return ((p @ one_hot) - outcomes @ one_hot).abs().sum(-1) / len(p)
+
+
+def _resampled_ece(p: torch.Tensor, one_hot: torch.Tensor, num_draws: int, seed: int) -> torch.Tensor:
     """ECE (num_draws,) of outcomes drawn from the symmetrized predictions ``p`` (2N,) themselves:
     the first half's winners ~ Bernoulli(p), the second half their complements, as in the data."""
     half = len(p) // 2
     g = torch.Generator().manual_seed(seed)
-    one_hot = torch.nn.functional.one_hot(which, num_bins).to(p.dtype)  # (2N, bins)
-    confidence = p @ one_hot
     chunk = max(1, 2_000_000 // half)  # draws per chunk: bounded memory on large test sets
     eces = []
     for start in range(0, num_draws, chunk):
         wins = torch.bernoulli(p[:half].expand(min(chunk, num_draws - start), half), generator=g)
-        frequency = wins @ one_hot[:half] + (1 - wins) @ one_hot[half:]
-        eces.append((confidence - frequency).abs().sum(-1) / len(p))
+        eces.append(_binned_ece(p, one_hot, torch.cat([wins, 1 - wins], -1)))
     return torch.cat(eces)
 
 
