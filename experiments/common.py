@@ -98,10 +98,6 @@ def configs(name: str, seed: int = 0, steps: int = 1000, log_every: int = 50,
     model, train = preset(MODELS[name][1], model_config, train)
     if name == "vrm-auto":
         train = replace(train, kl_weight="auto")
-    if name == "rm-tuned" or "auto" in (train.kl_weight, train.weight_decay):
-        # a choice on validation pairs stops only at logged steps; a coarser grid than the package's
-        # would skip the early optimum of a fit that overfits within tens of steps
-        train = replace(train, log_every=min(log_every, TrainConfig().log_every))
     return model, replace(train, **train_overrides)
 
 

@@ -112,11 +112,14 @@ class TrainConfig:
         "per step (--no-jit: run it eagerly, with Pyro's validation checks)"))
     seed: int = field(default=0, metadata=option("seed of initialisation and minibatch order"))
     log_every: int = field(default=10, metadata=option("steps between metrics.jsonl records"))
+    validate_every: int = field(default=10, metadata=option(
+        "steps between scores of the validation pairs where a setting is chosen on them (auto, the tuned RM): "
+        "the chosen stopping step is a multiple of it"))
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints"))
 
     def __post_init__(self):
         check_positive(self, "steps", "batch_size", "lr", "clip_norm", "sup_temperature",
-                       "num_particles", "log_every", "checkpoint_every")
+                       "num_particles", "log_every", "validate_every", "checkpoint_every")
         if isinstance(self.kl_weight, str):
             if self.kl_weight != "auto":
                 raise ConfigError(f"--kl-weight must be a positive number or auto, got {self.kl_weight!r}")

@@ -140,7 +140,7 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
                          validation_fraction: float = 0.2) -> list[dict]:
     """One row per value of ``grid`` of the :class:`TrainConfig` field ``setting``: VRM fitted
     with it to the training pairs less a ``validation_fraction`` of their prompts, scored at every
-    logged step on those held-out pairs by the mean log posterior predictive P(chosen wins)
+    ``validate_every`` steps on those held-out pairs by the mean log posterior predictive P(chosen wins)
     (``validation_log_lik``), and reported at its best step (``steps``, early stopping, as the
     tuned RM's) with the accuracy there. A conditional prior is fitted by marginal likelihood and
     overfits a small data set as the RM does; its weight decay is chosen this way (DESIGN.md 3c).
@@ -158,7 +158,7 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
 
     table = []
     for value in grid:
-        config = replace(train_config, **{setting: value})
+        config = replace(train_config, **{setting: value}, log_every=train_config.validate_every)
         scored = _scored_at_logged_steps(
             lambda monitor: fit_vrm(fit_part, model_config, config, priors, progress=False, monitor=monitor),
             score, config)
@@ -170,7 +170,8 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
 def _scored_at_logged_steps(fit: Callable[[Callable], object],
                             score: Callable[[torch.nn.Module], tuple[float, float]],
                             config: TrainConfig) -> list[tuple[tuple[float, float], int]]:
-    """Run ``fit(monitor)``, whose monitor scores the model at every logged step of ``config``:
+    """Run ``fit(monitor)``, whose monitor scores the model at every logged step of ``config``
+    (``log_every`` is the validation cadence here):
     [((validation log-likelihood, accuracy), step)] in order."""
     scores = []
 
@@ -256,7 +257,7 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
                            resume: bool = False) -> tuple[RewardHead, list[dict]]:
     """The RM with its weight decay and its number of steps (early stopping) chosen on
     validation pairs: each decay in ``grid`` is fitted to the training pairs less a
-    ``validation_fraction`` of their prompts, scored at every logged step by the held-out
+    ``validation_fraction`` of their prompts, scored every ``validate_every`` steps by the held-out
     log-likelihood of the preferences (accuracy breaks ties), and the best (decay, step) is
     refitted on all of ``train`` for that many steps, on the first steps of the same learning-rate
     schedule. Returns the refitted head and the selection table (one row per decay, at its best
@@ -264,7 +265,7 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
     table = []
     for decay in grid:
-        config = replace(train_config, weight_decay=decay)
+        config = replace(train_config, weight_decay=decay, log_every=train_config.validate_every)
         scored = _scored_at_logged_steps(
             lambda monitor: fit_reward_model(fit_part, model_config, config, progress=False, monitor=monitor),
             lambda head: validation_log_likelihood(head, validation), config)

@@ -145,19 +145,6 @@ def test_population_concentration_matches_a_dirichlets_mean_and_spread(scripts):
     assert torch.tensor(scripts["learning_curve"].population_concentration(draws)) == pytest.approx(alpha, rel=0.05)
 
 
-def test_models_chosen_on_validation_pairs_keep_the_package_cadence(scripts):
-    from common import configs
-
-    from pyro_vrm import TrainConfig
-
-    package = TrainConfig().log_every
-    for name in ("rm-tuned", "vrm-auto", "vrm-conditional"):
-        assert configs(name, log_every=50)[1].log_every == package
-        assert configs(name, log_every=5)[1].log_every == 5
-    assert configs("rm", log_every=50)[1].log_every == 50
-    assert configs("vrm", log_every=50)[1].log_every == 50
-
-
 def test_real_data_in_worker_processes_matches_one_process(scripts, tmp_path):
     real_data = scripts["real_data"]
     # a file, since the workers load the data themselves (a monkeypatch does not reach them)
