@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,30 @@ def featurize(pairs: datasets.Dataset, backbone: Backbone, cache_dir: Path | Non
     table = datasets.Dataset.from_dict(
         {c: s.half().numpy() for c, s in states.items()},
         features=datasets.Features({c: datasets.Sequence(datasets.Value("float16")) for c in STATE_COLUMNS}))
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    table.save_to_disk(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)  # atomic: a half-written entry is never taken for a hit
+    _store(table, path)
     # What training sees is what a cache hit will give: the fp16-rounded states.
     rounded = {c: s.half().float() for c, s in states.items()}
     return Featurized(_features(pairs, rounded), path, False, encoded.num_tokens)
+
+
+def _store(table: datasets.Dataset, path: Path) -> None:
+    """Save ``table`` as the cache entry ``path``: written to a folder of this call's own, then
+    renamed onto ``path`` (atomic: a half-written entry is never taken for a hit). Processes that
+    compute the same entry at once each write their own folder; the first rename wins and the
+    others, holding the same states, discard theirs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        table.save_to_disk(str(tmp))
+        if path.exists() and not (path / "dataset_info.json").exists():
+            shutil.rmtree(path, ignore_errors=True)  # an entry left incomplete by an older layout
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "dataset_info.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _features(pairs: datasets.Dataset, states: dict[str, torch.Tensor]) -> PreferenceFeatures:

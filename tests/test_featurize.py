@@ -42,3 +42,27 @@ def test_the_key_changes_with_max_length_backbone_and_data(pairs, minilm, tmp_pa
     featurize(pairs, minilm, tmp_path)
     calls = shorter.forward_calls
     assert not featurize(pairs, shorter, tmp_path).from_cache and shorter.forward_calls > calls
+
+
+def test_two_writers_of_one_entry_both_get_its_states(pairs, minilm, tmp_path, monkeypatch):
+    # A second process computes the same entry while the first is saving it: each writes a folder of
+    # its own, the first rename wins, and neither deletes what the other is writing.
+    import datasets
+
+    save = datasets.Dataset.save_to_disk
+    calls = []
+
+    def save_then_race(self, path, *args, **kwargs):
+        save(self, path, *args, **kwargs)
+        calls.append(path)
+        if len(calls) == 1:  # the other writer saves and renames between this save and its rename
+            calls.append(featurize(pairs, minilm, tmp_path))
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", save_then_race)
+    first = featurize(pairs, minilm, tmp_path)
+    other = calls[-1]
+    assert calls[0] != calls[1]  # two folders
+    assert not first.from_cache and not other.from_cache and first.path == other.path
+    assert torch.equal(first.features.chosen_state, other.features.chosen_state)
+    assert featurize(pairs, minilm, tmp_path).from_cache
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no folder left behind
