@@ -172,16 +172,21 @@ def _read(source: str, split: str | None) -> datasets.Dataset:
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
     """Silence the ``datasets`` library's logging, warnings and progress bars while reading a local
-    file, restoring them after: on a malformed file our :class:`DataError` says what is wrong, alone."""
+    file, restoring them after: on a malformed file our :class:`DataError` says what is wrong, alone.
+    Nor does a local file count as a download: ``load_dataset`` otherwise sends the hub a request per
+    call (``HF_UPDATE_DOWNLOAD_COUNTS``), which stalls each read by seconds where the hub is out of reach."""
     logger = datasets.utils.logging.get_logger()
     level, bars_disabled = logger.level, datasets.utils.are_progress_bars_disabled()
+    counts = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logger.setLevel(logging.CRITICAL + 1)
         datasets.utils.disable_progress_bars()
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
         try:
             yield
         finally:
+            datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counts
             logger.setLevel(level)
             if not bars_disabled:
                 datasets.utils.enable_progress_bars()

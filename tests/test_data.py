@@ -528,3 +528,22 @@ def test_a_malformed_json_line_is_our_one_line_on_stderr(tmp_path, capfd, monkey
     assert str(info.value).startswith(f"{path}, row 1, line 2: malformed JSON line")
     assert (info.value.source, info.value.row, info.value.line) == (str(path), 1, 2)
     assert after == datasets.logging.INFO
+
+
+def test_reading_a_local_file_sends_the_hub_nothing(tmp_path, monkeypatch):
+    # load_dataset reports each load to the hub unless told not to; where the hub is out of reach
+    # that request stalls every read by seconds
+    requests = []
+
+    class Session:
+        def head(self, url, **kwargs):
+            requests.append(url)
+
+    monkeypatch.setattr(datasets.load, "get_session", Session)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    pairs, _ = load_preferences(write_jsonl(tmp_path / "p.jsonl", PAIRS))
+    assert len(pairs) > 0 and requests == []
+    assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is True  # restored for the caller's own loads
+    datasets.load.increase_load_count("json")  # the check has power: outside our reads it does request
+    assert len(requests) == 1
