@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import pyro
@@ -12,8 +13,14 @@ from pyro_vrm.simulation import SimulationConfig, simulate
 def pytest_configure(config):
     """ArviZ 0.23 writes a once-a-day stamp file on its first import of the day, and two processes
     importing it at once race on that file (one fails with FileNotFoundError). The controller imports
-    it before pytest-xdist starts the workers, so they find today's stamp and only read it."""
-    if not hasattr(config, "workerinput"):
+    it before pytest-xdist starts the workers, so they find today's stamp and only read it.
+
+    Each xdist worker, and every process a test starts, computes on one thread: the workers already
+    share the cores, and torch's default of a thread per core in each of them oversubscribes them."""
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the processes tests start
+        torch.set_num_threads(1)
+    else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             import arviz  # noqa: F401
