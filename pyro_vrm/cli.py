@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recommended: aspects observed when the data carry them, KL weight below 1 (the "
                             "defaults below); paper: the paper's objective exactly (KL weight 1, lambda 0.1, no "
                             "aspect likelihood); conditional: learned priors p(w|h_x), p(z|h) with a guide that "
-                            "reads the preference and aspects, KL weight 1, weight decay chosen on validation pairs "
-                            "(DESIGN.md 3c). Flags given explicitly override the preset")
+                            "reads the preference and aspects, KL weight 1, weight decay chosen on validation pairs, a "
+                            "preference scale where aspects are observed (DESIGN.md 3c). Flags given explicitly override the preset")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--resume", action="store_true",

@@ -72,6 +72,9 @@ class ModelConfig:
     conditional_prior: bool = field(default=False, metadata=option(
         "learned priors p(w|h_x), p(z|h_x,h_xy) that start at the Priors (empirical Bayes), with a guide that "
         "updates them by the pair's preference and aspects (DESIGN.md 3c)"))
+    preference_scale: bool = field(default=False, metadata=option(
+        "where aspects are observed, a preference scale tau estimated with the decoder, r = tau w.s(z): the aspects "
+        "fix the scale of s(z) in their own units, and without tau the preferences' sharpness is tied to it"))
     init_concentration: float = field(default=1.0, metadata=option("initial concentration of q(w|x)"))
     init_scale: float = field(default=1.0, metadata=option("initial sd of q(z|x,y)"))
 
@@ -142,8 +145,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's objective exactly: the ELBO at KL weight 1, lambda 0.1 on E[w], no aspect likelihood.
     "paper": {"kl_weight": 1.0, "lambda_sup": 0.1, "observe_aspects": False},
     # DESIGN.md 3c: the hidden states in the story through learned conditional priors, the ELBO at
-    # weight 1, and the weight decay of those priors chosen on validation pairs.
-    "conditional": {"conditional_prior": True, "kl_weight": 1.0, "weight_decay": "auto"},
+    # weight 1, the weight decay of those priors chosen on validation pairs, and, where aspects are
+    # observed, a preference scale.
+    "conditional": {"conditional_prior": True, "preference_scale": True, "kl_weight": 1.0, "weight_decay": "auto"},
 }
 
 

@@ -18,7 +18,9 @@ likelihood; the KL then measures what the labels and aspects add beyond the hidd
 Optionally, A and b are global latents with Normal priors (a Bayesian decoder), alpha0 has a
 LogNormal hyperprior, and, with aspect annotations observed (``aspects``), a_n^c ~ N(s(z_n^c), sigma_a) and
 a_n^r ~ N(s(z_n^r), sigma_a), which ties each decoder output to a named aspect; sigma_a is fixed,
-or estimated with the decoder under a HalfNormal prior.
+or estimated with the decoder under a HalfNormal prior. The aspects then fix the scale of s(z) in
+their own units, and a preference scale tau, estimated with the decoder, can carry the sharpness
+of the preferences instead: r(w, z) = tau w . s(z).
 
 Every prior lives in :class:`Priors`; this file holds no I/O and no training code.
 """
@@ -193,7 +195,7 @@ class LinearDecoder(nn.Module):
     A (K, d) and b (K,) are parameters, or, with ``bayesian=True``, global latents that the model
     draws from the priors and passes in. With ``learn_aspect_noise``, the decoder also holds
     sigma_a (K,), the noise of observed aspect scores around s(z), a parameter of the same
-    likelihood.
+    likelihood; with ``learn_preference_scale``, tau (), and r(w, z) = tau w . s(z).
 
     Examples:
         >>> dec = LinearDecoder(latent_dim=3, num_objectives=2)
@@ -203,7 +205,7 @@ class LinearDecoder(nn.Module):
     """
 
     def __init__(self, latent_dim: int, num_objectives: int, bayesian: bool = False,
-                 learn_aspect_noise: bool = False):
+                 learn_aspect_noise: bool = False, learn_preference_scale: bool = False):
         super().__init__()
         self.latent_dim, self.num_objectives, self.bayesian = latent_dim, num_objectives, bayesian
         if not bayesian:
@@ -211,11 +213,18 @@ class LinearDecoder(nn.Module):
             self.bias = nn.Parameter(torch.zeros(num_objectives))
         if learn_aspect_noise:  # sigma_a = exp(log_aspect_noise), starting at 1
             self.log_aspect_noise = nn.Parameter(torch.zeros(num_objectives))
+        if learn_preference_scale:  # tau = exp(log_preference_scale), starting at 1
+            self.log_preference_scale = nn.Parameter(torch.zeros(()))
 
     @property
     def aspect_noise(self) -> torch.Tensor | None:
         """The learned sigma_a (K,), or None where the priors fix it."""
         return self.log_aspect_noise.exp() if hasattr(self, "log_aspect_noise") else None
+
+    @property
+    def preference_scale(self) -> torch.Tensor | float:
+        """tau (), learned, or 1."""
+        return self.log_preference_scale.exp() if hasattr(self, "log_preference_scale") else 1.0
 
     def forward(self, w: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +236,7 @@ class LinearDecoder(nn.Module):
         weight = self.weight if weight is None else weight
         bias = self.bias if bias is None else bias
         scores = (z.unsqueeze(-2) * weight).sum(-1) + bias
-        return (w * scores).sum(-1), scores
+        return self.preference_scale * (w * scores).sum(-1), scores
 
 
 class MLPDecoder(nn.Module):
@@ -246,11 +255,11 @@ class MLPDecoder(nn.Module):
 
 
 def make_decoder(kind: str, latent_dim: int, num_objectives: int, bayesian: bool = False,
-                 learn_aspect_noise: bool = False) -> LinearDecoder | MLPDecoder:
+                 learn_aspect_noise: bool = False, learn_preference_scale: bool = False) -> LinearDecoder | MLPDecoder:
     """Build the ``linear`` or ``mlp`` decoder; ``bayesian`` makes A, b latent and
-    ``learn_aspect_noise`` gives it a sigma_a to learn (linear only)."""
+    ``learn_aspect_noise`` and ``learn_preference_scale`` give it a sigma_a and a tau to learn (linear only)."""
     if kind == "linear":
-        return LinearDecoder(latent_dim, num_objectives, bayesian, learn_aspect_noise)
+        return LinearDecoder(latent_dim, num_objectives, bayesian, learn_aspect_noise, learn_preference_scale)
     if kind == "mlp":
         if bayesian:
             raise ValueError("a Bayesian decoder is available for --decoder linear only")

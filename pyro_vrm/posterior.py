@@ -5,11 +5,11 @@ model all read these; bounds live in :mod:`pyro_vrm.bounds` and evaluation in :m
 For the linear decoder with point-estimated A, b the posterior mean and sd of a reward are
 exact, since q factorizes:
 
-    E_q[r]   = m_w . (A m_z + b)
-    Var_q[r] = tr((S + m_s m_s^T)(C_w + m_w m_w^T)) - (m_w . m_s)^2
+    E_q[r]   = tau m_w . (A m_z + b)
+    Var_q[r] = tau^2 [tr((S + m_s m_s^T)(C_w + m_w m_w^T)) - (m_w . m_s)^2]
 
-with m_s = A m_z + b, S = A diag(s_z^2) A^T, and the Dirichlet's C_w = (diag m_w - m_w m_w^T)
-/ (alpha_0 + 1). Other decoders (mlp, Bayesian) use Monte Carlo through ``pyro.infer.Predictive``.
+with m_s = A m_z + b, S = A diag(s_z^2) A^T, the Dirichlet's C_w = (diag m_w - m_w m_w^T)
+/ (alpha_0 + 1), and tau the decoder's preference scale (1 without one). Other decoders (mlp, Bayesian) use Monte Carlo through ``pyro.infer.Predictive``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def reward_posterior(vrm: VRM, prompt_state: torch.Tensor, response_state: torch
     second_w = C_w + m_w.unsqueeze(-1) * m_w.unsqueeze(-2)
     mean = (m_w * m_s).sum(-1)
     var = (second_s * second_w).sum((-1, -2)) - mean**2
-    return mean, var.clamp_min(0).sqrt()
+    tau = vrm.decoder.preference_scale
+    return tau * mean, tau * var.clamp_min(0).sqrt()
 
 
 def _reward_samples(vrm: VRM, batch: PairBatch, num_samples: int) -> torch.Tensor:

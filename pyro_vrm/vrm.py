@@ -57,9 +57,11 @@ class VRM(PyroModule):
         super().__init__()
         self.config, self.priors = config, priors
         self.hidden_size, self.num_objectives = hidden_size, num_objectives
-        learn_aspect_noise = bool(config.observe_aspects) and priors.aspect_noise is None and config.decoder == "linear"
+        aspects = bool(config.observe_aspects) and config.decoder == "linear"
         self.decoder = make_decoder(config.decoder, config.latent_dim, num_objectives,
-                                    bayesian=config.bayesian_decoder, learn_aspect_noise=learn_aspect_noise)
+                                    bayesian=config.bayesian_decoder,
+                                    learn_aspect_noise=aspects and priors.aspect_noise is None,
+                                    learn_preference_scale=aspects and config.preference_scale)
         if config.conditional_prior:
             self.conditional_prior = ConditionalPrior(hidden_size, num_objectives, config.latent_dim, config.width,
                                                       config.depth, priors)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from pyro import poutine
@@ -136,6 +138,25 @@ def test_a_learned_aspect_noise_is_the_decoders_with_its_prior_once():
     assert not prior["cond_indep_stack"]  # outside the pairs plate: counted once, not per pair
     expected = torch.distributions.HalfNormal(2.0).log_prob(decoder.aspect_noise).sum()
     assert torch.allclose(prior["fn"].log_prob(prior["value"]), expected)
+
+
+def test_a_preference_scale_sharpens_the_preference_and_leaves_the_aspects_in_their_units():
+    torch.manual_seed(0)
+    plain, scaled = LinearDecoder(3, 4), LinearDecoder(3, 4, learn_preference_scale=True)
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        scaled.log_preference_scale.fill_(math.log(2.5))
+    aspects = (torch.zeros(6, 4), torch.zeros(6, 4))
+    traces = [poutine.trace(poutine.seed(model, rng_seed=1)).get_trace(make_batch(), decoder, Priors(aspect_noise=0.5),
+                                                                         aspects=aspects) for decoder in (plain, scaled)]
+    logits = [t.nodes[SITES["preference"]]["fn"].logits for t in traces]
+    assert torch.allclose(logits[1], 2.5 * logits[0])
+    assert torch.allclose(traces[1].nodes["chosen_aspects"]["fn"].base_dist.loc,
+                          traces[0].nodes["chosen_aspects"]["fn"].base_dist.loc)
+    # only where aspects fix the scale of s(z): elsewhere A's own scale carries it
+    with_aspects = VRM(ModelConfig(observe_aspects=True, preference_scale=True), 5, 4)
+    without = VRM(ModelConfig(observe_aspects=False, preference_scale=True), 5, 4)
+    assert hasattr(with_aspects.decoder, "log_preference_scale") and without.decoder.preference_scale == 1.0
 
 
 def test_a_conditional_prior_starts_at_the_priors_and_puts_the_hidden_states_in_the_story():

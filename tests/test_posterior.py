@@ -36,8 +36,11 @@ def guide_draws(vrm, batch, num_samples):
     return vrm.decoder(w, z_c)[0], vrm.decoder(w, z_r)[0]
 
 
-def test_exact_reward_moments_match_monte_carlo():
-    vrm, batch = make_vrm(), make_batch()
+@pytest.mark.parametrize("config", [{}, {"observe_aspects": True, "preference_scale": True}],
+                         ids=["plain", "preference scale"])
+def test_exact_reward_moments_match_monte_carlo(config):
+    vrm, batch = make_vrm(**config), make_batch()
+    assert (vrm.decoder.preference_scale != 1.0) == bool(config)  # perturbed from its start at 1
     mean, sd = reward_posterior(vrm, batch.prompt_state, batch.chosen_state)
     with torch.no_grad():
         draws = guide_draws(vrm, batch, 40_000)[0]

@@ -14,6 +14,7 @@ from pyro_vrm.model import Priors
 from pyro_vrm.objective import VRMObjective, make_elbo
 from pyro_vrm.posterior import pair_posterior, reward_posterior
 from pyro_vrm.runs import RunDir
+from pyro_vrm.simulation import SimulationConfig, simulate
 from pyro_vrm.fits import load_fit
 from pyro_vrm.features import PreferenceFeatures
 from pyro_vrm.train import (KL_WEIGHT_GRID, fit_reward_model, fit_temperature_scaled_reward_model,
@@ -290,3 +291,15 @@ def test_weight_decay_auto_chooses_on_validation_and_decays_only_a_conditional_p
     assert [len(g["params"]) for g in _parameter_groups(fixed, 0.1)] == [len(list(fixed.parameters()))]
     with pytest.raises(ValueError, match="--weight-decay auto"):
         fit_reward_model(small_data.train, SMALL, replace(config, weight_decay="auto"), progress=False)
+
+
+def test_the_preference_scale_carries_how_sharp_the_preferences_are_beyond_the_aspects():
+    # The simulator's standardized aspects look alike at any reward scale; only the preferences
+    # sharpen with it, and tau is what can follow them.
+    conditional = replace(SMALL, conditional_prior=True, preference_scale=True)
+    tau = {}
+    for reward_scale in (0.5, 4.0):
+        data = simulate(SimulationConfig(num_prompts=200, seed=3, reward_scale=reward_scale))
+        vrm, _ = fit_vrm(data.train, conditional, quick(steps=300, kl_weight=1.0, lr=1e-2), progress=False)
+        tau[reward_scale] = vrm.decoder.preference_scale.item()
+    assert tau[4.0] > 1.5 * tau[0.5], tau
