@@ -154,7 +154,8 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     ``backbone`` (:class:`pyro_vrm.finetune.TextPairs`), its batches are computed with gradient
     and the backbone's LoRA adapters train too, and are checkpointed. ``metrics(batch)``,
     called on the main process after every ``log_every``-th step, reads that step's loss terms
-    from the loss module and returns the record to log, to which ``monitor()`` adds its own.
+    from the loss module and returns the record to log, to which ``monitor()`` adds its own (with
+    the random streams restored after it, so that measuring leaves the fit as it was).
     Returns when the loop ends; the parameters are updated in place.
     """
     # Full precision whatever mixed precision the process's shared accelerate state holds (a TRL
@@ -203,7 +204,7 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
             optimizer.step()
             optimizer.zero_grad()
             if main and (step % cfg.log_every == 0 or step == cfg.steps):
-                record = {"step": step, **metrics(batch), **(monitor() if monitor else {})}
+                record = {"step": step, **metrics(batch), **(_isolated(monitor) if monitor else {})}
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
                 if ckpt is not None:
                     ckpt.run.log_metrics(record)
@@ -222,6 +223,16 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     # destroyed after the process group, and gloo's threads abort the process.
     del module
     accelerator.free_memory()
+
+
+def _isolated(monitor: Callable[[], dict]) -> dict:
+    """``monitor()`` with the random streams restored after it: what a monitor draws (a posterior
+    predictive's samples) must not change the fit it measures."""
+    state = get_rng_state()
+    try:
+        return monitor()
+    finally:
+        set_rng_state(state)
 
 
 def _loss(module: nn.Module, batch: PairBatch, num_pairs: int) -> torch.Tensor:

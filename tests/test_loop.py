@@ -154,6 +154,21 @@ def test_resume_without_a_checkpoint_starts_afresh(small_data, tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), resumed.parameters()))
 
 
+def test_a_monitor_that_draws_leaves_the_fit_as_it_was(small_data):
+    import random
+
+    import pyro
+
+    def drawing_monitor(vrm) -> dict:  # as a posterior predictive on held-out pairs does
+        return {"draws": float(torch.randn(3).sum() + pyro.sample("x", pyro.distributions.Normal(0.0, 1.0))
+                               + np.random.rand() + random.random())}
+
+    cfg = TrainConfig(steps=20, batch_size=64, log_every=5)
+    plain, _ = fit_vrm(small_data.train, train_config=cfg, progress=False)
+    monitored, _ = fit_vrm(small_data.train, train_config=cfg, progress=False, monitor=drawing_monitor)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), monitored.parameters()))
+
+
 def test_a_half_written_metrics_line_is_dropped_on_resume(tmp_path):
     run = RunDir(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"st')
