@@ -123,6 +123,8 @@ def _posterior_summary(vrm: VRM, train: PreferenceFeatures, standardizer: Standa
     gibbs_error = float(ev["gibbs_error"].mean())
     out = {"elbo": full_data_elbo(vrm, train, standardizer), "kl_per_pair": data_kl(vrm, train, observed_aspects(vrm, train, standardizer))[0] / len(train),
            "train_gibbs_error": gibbs_error}
+    if hasattr(vrm.decoder, "log_preference_scale"):
+        out["preference_scale"] = vrm.decoder.preference_scale.item()
     try:
         out.update(pac_bayes(vrm, train, gibbs_error, delta))
     except BoundNotCovered as why:

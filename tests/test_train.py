@@ -8,7 +8,7 @@ import torch
 
 import pyro_vrm.loop as loop_module
 from pyro_vrm.config import ModelConfig, TrainConfig, preset
-from pyro_vrm.evaluate import pearson
+from pyro_vrm.evaluate import pearson, summarize
 from pyro_vrm.loop import NonFiniteLoss, minibatches
 from pyro_vrm.model import Priors
 from pyro_vrm.objective import VRMObjective, make_elbo
@@ -300,6 +300,7 @@ def test_the_preference_scale_carries_how_sharp_the_preferences_are_beyond_the_a
     tau = {}
     for reward_scale in (0.5, 4.0):
         data = simulate(SimulationConfig(num_prompts=200, seed=3, reward_scale=reward_scale))
-        vrm, _ = fit_vrm(data.train, conditional, quick(steps=300, kl_weight=1.0, lr=1e-2), progress=False)
+        vrm, standardizer = fit_vrm(data.train, conditional, quick(steps=300, kl_weight=1.0, lr=1e-2), progress=False)
         tau[reward_scale] = vrm.decoder.preference_scale.item()
     assert tau[4.0] > 1.5 * tau[0.5], tau
+    assert summarize(vrm, data.train, data.test, standardizer)["preference_scale"] == tau[4.0]  # the run's summary
