@@ -117,7 +117,7 @@ class TrainConfig:
     log_every: int = field(default=10, metadata=option("steps between metrics.jsonl records"))
     validate_every: int = field(default=10, metadata=option(
         "steps between scores of the validation pairs where a setting is chosen on them (auto, the tuned RM): "
-        "the chosen stopping step is a multiple of it"))
+        "the chosen stopping step is a multiple of it or the last step"))
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints"))
 
     def __post_init__(self):

@@ -81,6 +81,9 @@ def _store(table: datasets.Dataset, path: Path) -> None:
     others, holding the same states, discard theirs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; an entry is shared as any folder made here
     try:
         table.save_to_disk(str(tmp))
         if path.exists() and not (path / "dataset_info.json").exists():

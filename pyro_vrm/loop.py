@@ -228,11 +228,14 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
 def _isolated(monitor: Callable[[], dict]) -> dict:
     """``monitor()`` with the random streams restored after it: what a monitor draws (a posterior
     predictive's samples) must not change the fit it measures."""
-    state = get_rng_state()
+    state = get_rng_state()  # Python, numpy and torch's CPU generator
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         return monitor()
     finally:
         set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _loss(module: nn.Module, batch: PairBatch, num_pairs: int) -> torch.Tensor:

@@ -139,7 +139,7 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
                          priors: Priors, setting: str, grid: tuple[float, ...],
                          validation_fraction: float = 0.2) -> list[dict]:
     """One row per value of ``grid`` of the :class:`TrainConfig` field ``setting``: VRM fitted
-    with it to the training pairs less a ``validation_fraction`` of their prompts, scored at every
+    with it to the training pairs less a ``validation_fraction`` of their prompts, scored every
     ``validate_every`` steps on those held-out pairs by the mean log posterior predictive P(chosen wins)
     (``validation_log_lik``), and reported at its best step (``steps``, early stopping, as the
     tuned RM's) with the accuracy there. A conditional prior is fitted by marginal likelihood and

@@ -66,3 +66,5 @@ def test_two_writers_of_one_entry_both_get_its_states(pairs, minilm, tmp_path, m
     assert torch.equal(first.features.chosen_state, other.features.chosen_state)
     assert featurize(pairs, minilm, tmp_path).from_cache
     assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no folder left behind
+    (tmp_path / "plain").mkdir()  # an entry is as readable by others as any folder made here
+    assert first.path.stat().st_mode == (tmp_path / "plain").stat().st_mode
