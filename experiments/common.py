@@ -4,9 +4,10 @@ controls on the same data, split, minibatches, seed and step budget, tables and 
 Every script runs with no arguments on the offline default (MiniLM features of simulated-text);
 ``--data`` takes anything ``pyro-vrm train --data`` takes (``hh`` is the real HH-RLHF sample in
 ../shared/data), ``--backbone`` any transformers model. The models compared are named as in
-:data:`MODELS`: ``vrm`` (the recommended preset), ``vrm-auto`` (the same with ``--kl-weight
-auto``), ``vrm-paper`` (the paper's objective), ``vrm-conditional`` (the conditional preset), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM
-with a temperature fitted on validation pairs) and ``twin``.
+:data:`MODELS`: ``vrm`` (the package default, the recommended preset), ``vrm-tempered`` (fixed
+priors, KL weight 0.01), ``vrm-auto`` (fixed priors, ``--kl-weight auto``), ``vrm-paper`` (the
+paper's objective), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM with a temperature fitted on
+validation pairs) and ``twin``.
 """
 
 from __future__ import annotations
@@ -39,14 +40,12 @@ UF = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrafeedback-bi
 SHARED = {"hh": HH, "uf": UF}
 
 # name -> (model kind, preset): the models an experiment can compare
-MODELS = {"vrm": ("vrm", "recommended"), "vrm-auto": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"),
-          "vrm-conditional": ("vrm", "conditional"),
-          "rm": ("rm", "recommended"), "rm-tuned": ("rm-tuned", "recommended"),
+MODELS = {"vrm": ("vrm", "recommended"), "vrm-tempered": ("vrm", "tempered"), "vrm-auto": ("vrm", "tempered"),
+          "vrm-paper": ("vrm", "paper"), "rm": ("rm", "recommended"), "rm-tuned": ("rm-tuned", "recommended"),
           "rm-temperature": ("rm-temperature", "recommended"), "twin": ("twin", "recommended")}
-LABELS = {"vrm": "VRM", "vrm-auto": "VRM, KL weight chosen on validation", "vrm-paper": "VRM, paper's objective",
-          "vrm-conditional": "VRM, conditional prior",
-          "rm": "RM", "rm-tuned": "RM, tuned weight decay", "rm-temperature": "RM, temperature-scaled",
-          "twin": "twin"}
+LABELS = {"vrm": "VRM", "vrm-tempered": "VRM, KL weight 0.01", "vrm-auto": "VRM, KL weight chosen on validation",
+          "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
+          "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
 
 
 def parser(description: str, steps: int = 1000, seeds: int | None = 1,

@@ -9,8 +9,8 @@ tells out-of-distribution text from held-out responses.
 (``validation_split(train, 0.2, seed=0)``); the fifth held out is the validation set on which each
 kappa and VRM's kind of uncertainty are chosen; the test prompts are used only for the curves.
 Each kind (``rm``, ``twin``, ``vrm``) is fitted ``--members`` times, seeds 0 .. M-1. The
-unpenalised model is the seed-0 fit. VRM with a Bayesian linear decoder (A, b latent) is fitted
-once, seed 0.
+unpenalised model is the seed-0 fit. VRM with a Bayesian linear decoder (A, b latent; fixed priors,
+the tempered preset, as a conditional prior takes no latent decoder) is fitted once, seed 0.
 
 **Seeds.** Seed s repeats everything that is random, on the same data and split: the members
 (seeds s M .. s M + M - 1, so that seed 0 is the run of one seed), the candidate pools
@@ -143,9 +143,10 @@ def fit_all(args, fit_part, held, out, first_seed: int = 0) -> dict:
         fits[f"{kind}-worst-case"] = WorstCase(fits[f"{kind}-ensemble"])
     fits["rm-last-layer"] = BayesianLastLayer(fits["rm"], fit_part, held)
     fits["rm-last-layer"].fit(args.last_layer_draws, min(300, args.last_layer_draws), seed=first_seed)
-    fits["vrm-bayesian-decoder"] = curve("vrm", splits, out / "fits" / f"vrm-bayesian-decoder-seed{first_seed}",
-                                         seed=first_seed, steps=args.steps, log_every=args.log_every,
-                                         model_config=ModelConfig(bayesian_decoder=True))[1]
+    fits["vrm-bayesian-decoder"] = curve("vrm-tempered", splits,
+                                         out / "fits" / f"vrm-bayesian-decoder-seed{first_seed}", seed=first_seed,
+                                         steps=args.steps, log_every=args.log_every,
+                                         model_config=ModelConfig(bayesian_decoder=True, conditional_prior=False))[1]
     return fits
 
 

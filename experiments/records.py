@@ -63,7 +63,16 @@ def run_record() -> dict:
     machine = f"{cpu_name()}, {os.cpu_count()} cores, GPU: {gpu}"
     return {"command": " ".join(["python", *(Path(a).as_posix() for a in sys.argv[:1]), *sys.argv[1:]]),
             "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
-            "torch": torch.__version__, "packages": package_versions(), "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "packages": package_versions(), "threads": torch.get_num_threads(),
+            "defaults": default_vrm()}
+
+
+def default_vrm() -> dict:
+    """What ``VRM`` (the package default) is in this run's tables: a record without it was made
+    when the default was the tempered preset (fixed priors, KL weight 0.01)."""
+    from pyro_vrm.config import ModelConfig, TrainConfig
+
+    return {"conditional_prior": ModelConfig().conditional_prior, "kl_weight": TrainConfig().kl_weight}
 
 
 def write_results(out: Path, results: dict, name: str = "results.json") -> None:

@@ -58,6 +58,25 @@ def collect(out: Path, results: Path) -> list[str]:
     return copied
 
 
+# The tempered preset's label in the tables (experiments/common.py's LABELS["vrm-tempered"]).
+TEMPERED = "VRM, KL weight 0.01"
+
+
+def vrm_is_tempered(record: dict) -> bool:
+    """Whether the record's ``VRM`` is the tempered preset: a run made while it was the package
+    default (records.default_vrm says what the default was; older records do not)."""
+    return not record["run"].get("defaults", {}).get("conditional_prior", False)
+
+
+def vrm_note(record: dict) -> list[str]:
+    """A sentence under a record whose ``VRM`` is not today's default, else nothing."""
+    if not vrm_is_tempered(record):
+        return []
+    return ["", "This run predates the recommended preset as the package default: its VRM is the tempered "
+                "preset (fixed priors, KL weight 0.01), the default when it ran. Rerun the command to compare "
+                "today's default."]
+
+
 def provenance(record: dict) -> str:
     run = record["run"]
     packages = "".join(f"{name} {version}, " for name, version in run.get("packages", {}).items())
@@ -67,7 +86,7 @@ def provenance(record: dict) -> str:
 
 def printed(record: dict, plot: str | None = None) -> str:
     """The table the script printed, its provenance, and its plot."""
-    parts = [table(record["table"]["header"], record["table"]["rows"]), "", provenance(record)]
+    parts = [table(record["table"]["header"], record["table"]["rows"]), "", provenance(record), *vrm_note(record)]
     if plot:
         parts += ["", f"![{plot}](results/{plot})"]
     return "\n".join(parts)
@@ -196,6 +215,8 @@ def headline(results: Path) -> str:
                for name in ("reward_hacking", "best_of_n", "real_data") if (results / f"{name}.json").exists()}
     for name, record in records.items():
         header, body = record["table"]["header"], record["table"]["rows"]
+        if vrm_is_tempered(record):  # its VRM is the tempered preset: that row's figures
+            body = [[TEMPERED if c == "VRM" else c for c in row] for row in body]
         if name == "reward_hacking":
             for key in ("test accuracy", "shifted accuracy", "hack rate"):
                 for row in body:
@@ -210,6 +231,10 @@ def headline(results: Path) -> str:
     lines = [table(["model", *columns], [[m, *(rows[m].get(c, "-") for c in columns)] for m in models]), "",
              "From " + "; ".join(f"`{r['run']['command']}` (run {r['run']['date']}, commit `{r['run']['commit']}`)"
                                  for r in records.values()) + "."]
+    stale = [name for name, record in records.items() if vrm_is_tempered(record)]
+    if stale:
+        lines += ["", f"{', '.join(f'`{n}`' for n in stale)} ran while the tempered preset was the default: its "
+                      f"VRM figures are in the row {TEMPERED!r}."]
     if "reward_hacking" in records:
         lines += ["", hacking_sentence(records["reward_hacking"])]
     return "\n".join(lines)
@@ -223,14 +248,15 @@ def last_layer(record: dict) -> str:
                       f"NUTS: prior scale tau {nuts['prior_scale']:g} (chosen on validation pairs), {nuts['chains']} "
                       f"chains of {nuts['num_samples']} draws, largest split R-hat {nuts['r_hat_max']:.3f}, smallest "
                       f"bulk ESS {nuts['n_eff_min']:.0f}, divergences {sum(nuts['divergences'])}.", "",
-                      provenance(record)])
+                      provenance(record), *vrm_note(record)])
 
 
 def learning_curve(record: dict) -> str:
     """The curves' table and figure, then provenance (the verdicts are the verdict-all block)."""
     return "\n".join([table(record["table"]["header"], record["table"]["rows"]), "",
                       f"![learning_curve.png](results/{PLOTS['learning_curve']})", "",
-                      f"{record['args']['seeds']} seeds, mean ± standard error. From " + provenance(record) + "."])
+                      f"{record['args']['seeds']} seeds, mean ± standard error. From " + provenance(record) + ".",
+                      *vrm_note(record)])
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
@@ -255,13 +281,21 @@ def benchmarks(record: dict) -> str:
                       provenance(record)])
 
 
+def verdict_note(results: Path) -> str:
+    """Which of the verdicts' records fitted the tempered preset as their ``vrm``."""
+    stale = [name for name in ("learning_curve", "overoptimisation") if (results / f"{name}.json").exists()
+             and vrm_is_tempered(json.loads((results / f"{name}.json").read_text()))]
+    if not stale:
+        return ""
+    return (f"\n\nIn {' and '.join(f'`{n}`' for n in stale)}, vrm is the tempered preset (fixed priors, KL weight "
+            "0.01), the package default when they ran.")
+
+
 def render(key: str, results: Path) -> str:
     if key == "headline":
         return headline(results)
-    if key == "verdict":
-        return verdict(results, README_CLAIMS)
-    if key == "verdict-all":
-        return verdict(results)
+    if key in ("verdict", "verdict-all"):
+        return verdict(results, README_CLAIMS if key == "verdict" else None) + verdict_note(results)
     path = results / f"{key}.json"
     if not path.exists():
         return f"(not run yet: no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})"

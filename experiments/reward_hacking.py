@@ -6,7 +6,7 @@ under the model's own predictions (:func:`pyro_vrm.metrics.calibration`), and ho
 model's confidence tells its right test predictions from its wrong ones (error AUROC).
 
     python experiments/reward_hacking.py [--seeds 3] [--steps 1000]
-                                         [--models vrm,vrm-conditional,vrm-paper,rm,rm-tuned,twin]
+                                         [--models vrm,vrm-tempered,vrm-paper,rm,rm-tuned,twin]
 """
 
 import sys
@@ -19,7 +19,7 @@ COLUMNS = ("test_accuracy", "shifted_accuracy", "hack_rate", "test_log_loss", "t
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__.splitlines()[0], seeds=3, models="vrm,vrm-conditional,vrm-paper,rm,rm-tuned,twin").parse_args(argv)
+    args = parser(__doc__.splitlines()[0], seeds=3, models="vrm,vrm-tempered,vrm-paper,rm,rm-tuned,twin").parse_args(argv)
     if args.data != "simulated-text":
         sys.exit("the reward-hacking test bed needs --data simulated-text (its filler is planted)")
     out, data = output_dir(args, "reward_hacking"), load(args)

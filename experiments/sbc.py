@@ -1,9 +1,10 @@
-"""Simulation-based calibration of VRM's amortized posterior, for the package default, the
-paper's objective and the conditional preset: data drawn from the model's own prior and likelihood
+"""Simulation-based calibration of VRM's amortized posterior, for the package default (the
+recommended preset, conditional priors), the paper's objective and the tempered preset (fixed
+priors, KL weight 0.01): data drawn from the model's own prior and likelihood
 (one data set, 1000 held-out pairs), each preset fitted once, then every held-out pair is a
 replicate. For each: the chi-square p-values of the ranks of w, of the margin r_c - r_r and of
 log p(y, a | latents), the posterior contraction and z-scores, and the fit's test accuracy and
-log loss beside the true rewards' (the oracle's). The recommended preset is also fitted at each KL
+log loss beside the true rewards' (the oracle's). The tempered preset is also fitted at each KL
 weight of ``--kl-weights`` (results.json keys ``kl_weight=<beta>``), to show what beta alone can
 do.
 
@@ -12,7 +13,7 @@ states are a function of the true latents, a link that no fixed-prior model hold
 pairs drawn from the fitted model itself at the held-out pairs' hidden states
 (:func:`pyro_vrm.sbc.simulate_from_fit`; results.json ``own_generator``), SBC of the inference
 under the model as fitted. Writes results.json, sbc.png (the default's ECDF differences with
-simultaneous 95% bands, on the simulator), sbc_paper.png, sbc_conditional.png and
+simultaneous 95% bands, on the simulator), sbc_paper.png, sbc_tempered.png and
 sbc_<fit>_own.png.
 
     python experiments/sbc.py [--steps 1000] [--pairs 6000] [--held-out 1000] [--num-draws 99] [--seed 0]
@@ -37,7 +38,7 @@ from pyro_vrm.sbc import plot_sbc_ecdf, simulate_from_fit, simulation_based_cali
 from pyro_vrm.simulation import PriorSimulationConfig, simulate_from_prior  # noqa: E402
 
 # results.json key -> the preset it fits
-PRESETS = {"default": "recommended", "paper": "paper", "conditional": "conditional"}
+PRESETS = {"default": "recommended", "paper": "paper", "tempered": "tempered"}
 
 
 def main(argv=None) -> dict:
@@ -48,7 +49,7 @@ def main(argv=None) -> dict:
     p.add_argument("--num-draws", type=int, default=99, help="draws of q per pair, L (L + 1 a multiple of --bins)")
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="seed of the simulator and of the fits")
-    p.add_argument("--kl-weights", default="0.1,0.3,1", help="KL weights of extra fits of the recommended preset "
+    p.add_argument("--kl-weights", default="0.1,0.3,1", help="KL weights of extra fits of the tempered preset "
                                                             "(comma-separated; empty for none)")
     p.add_argument("--out", type=Path, default=Path("experiments/out/sbc"))
     args = p.parse_args(argv)
@@ -63,7 +64,7 @@ def main(argv=None) -> dict:
                "oracle": {"accuracy": oracle["accuracy"]["accuracy"], "log_loss": oracle["calibration"]["log_loss"]}}
     rows, figures = [], {}
     fits = [(key, name, {}) for key, name in PRESETS.items()]
-    fits += [(f"kl_weight={float(beta):g}", "recommended", {"kl_weight": float(beta)})
+    fits += [(f"kl_weight={float(beta):g}", "tempered", {"kl_weight": float(beta)})
              for beta in args.kl_weights.split(",") if beta.strip()]
     for key, name, overrides in fits:
         model_config, train_config = preset(name, ModelConfig(), TrainConfig(steps=args.steps, seed=args.seed))

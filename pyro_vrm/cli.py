@@ -51,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(calibrated, same ranking); twin: VRM's structure fitted by maximum likelihood, without "
                             "latent noise or KL")
     train.add_argument("--preset", default="recommended", choices=tuple(PRESETS),
-                       help="recommended: aspects observed when the data carry them, KL weight below 1 (the "
-                            "defaults below); paper: the paper's objective exactly (KL weight 1, lambda 0.1, no "
-                            "aspect likelihood); conditional: learned priors p(w|h_x), p(z|h) with a guide that "
-                            "reads the preference and aspects, KL weight 1, weight decay chosen on validation pairs, a "
-                            "preference scale where aspects are observed (DESIGN.md 3c). Flags given explicitly override the preset")
+                       help="recommended (the defaults below, DESIGN.md 3c): learned priors p(w|h_x), p(z|h) with a "
+                            "guide that reads the preference and aspects, KL weight 1, weight decay chosen on "
+                            "validation pairs, aspects observed and a preference scale where the data carry them; "
+                            "paper: the paper's objective exactly (fixed priors, KL weight 1, lambda 0.1, no aspect "
+                            "likelihood); tempered: fixed priors, KL weight 0.01. Flags given override the preset")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: a new folder under runs/)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--resume", action="store_true",
@@ -122,6 +122,11 @@ def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, P
             ConditionalPrior.check_priors(priors)
         except ValueError as err:
             raise ConfigError(f"--conditional-prior: {err}") from err
+    auto = [name for name in ("kl_weight", "weight_decay") if getattr(train, name) == "auto"]
+    if auto and getattr(args, "finetune", "none") == "lora" and getattr(args, "model", "vrm") == "vrm":
+        flag = "--" + auto[0].replace("_", "-")
+        raise ConfigError(f"{flag} auto needs cached hidden states (--finetune none): with --finetune lora "
+                          "give it a number")
     return model, train, priors
 
 
@@ -333,7 +338,7 @@ def ppo_command(args: argparse.Namespace) -> dict:
     if path is None:
         path = PPO_DEMO_REWARD
         summary = path / "summary.json"
-        if not summary.exists() or json.loads(summary.read_text()).get("preset") != "recommended":
+        if not summary.exists() or not json.loads(summary.read_text()).get("conditional_prior"):  # the default
             train_command(build_parser().parse_args(["train", "--data", "simulated-text", "--out", str(path),
                                                      "--quiet"]))  # fit once; later runs reuse it
     run = RunDir(args.out if args.out is not None else new_run_dir("runs", "ppo"))

@@ -44,13 +44,14 @@ def build_fit(config: dict) -> nn.Module:
         return Ensemble([build_fit(member) for member in config["members"]])
     if kind == "vrm":
         return build_vrm(config)
-    model = ModelConfig(**config["model"])
+    model = ModelConfig.from_dict(config["model"])
     if kind == "rm":
         return RewardHead(config["hidden_size"], model.width, model.depth, config.get("temperature", 1.0))
     if kind == "twin":
         learn = bool(model.observe_aspects) and Priors.from_dict(config["priors"]).aspect_noise is None
         return DeterministicTwin(config["hidden_size"], config["num_objectives"], model.latent_dim, model.width,
-                                 model.depth, model.init_concentration, learn_aspect_noise=learn)
+                                 model.depth, model.init_concentration, learn_aspect_noise=learn,
+                                 learn_preference_scale=bool(model.observe_aspects) and model.preference_scale)
     raise ValueError(f"unknown kind of fit {kind!r}: expected one of {', '.join(KINDS)} or ensemble")
 
 

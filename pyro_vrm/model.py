@@ -225,7 +225,8 @@ class ConditionalPrior(nn.Module):
         if priors.feature_scale_tril is not None or priors.feature_df is not None or priors.concentration_hyperprior:
             raise ValueError("a conditional prior learns a Dirichlet and a diagonal Normal: it starts from "
                              "Priors.concentration, feature_loc and feature_scale and takes no scale_tril, "
-                             "feature_df or concentration_hyperprior")
+                             "feature_df or concentration_hyperprior; fit these priors with a fixed prior "
+                             "(--no-conditional-prior, or --preset tempered)")
         if torch.as_tensor(priors.concentration).min() <= MIN_CONCENTRATION:
             raise ValueError(f"a conditional prior's Priors.concentration must exceed {MIN_CONCENTRATION}")
 

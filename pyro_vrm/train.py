@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from .baseline import BradleyTerryLoss, RewardHead, fit_temperature
 from .config import ModelConfig, TrainConfig
@@ -148,8 +150,10 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
     from .evaluate import _log_loss, predict  # evaluation reads fits; fitting needs it only here
 
     if not isinstance(train, PreferenceFeatures):
-        raise ValueError(f"--{setting.replace('_', '-')} auto needs cached hidden states (--finetune none): it "
-                         "scores validation fits through a frozen backbone's states")
+        flag = f"--{setting.replace('_', '-')}"
+        raise ValueError(f"{flag} auto needs cached hidden states (--finetune none): it scores validation fits "
+                         f"through a frozen backbone's states; with --finetune lora give {flag} a number (a "
+                         f"--finetune none fit of the same data records the one it chose in its summary)")
     fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
 
     def score(vrm) -> tuple[float, float]:
@@ -180,6 +184,8 @@ def _scored_at_logged_steps(fit: Callable[[Callable], object],
         return {}
 
     fit(monitor)
+    if PartialState().num_processes > 1:  # the monitor runs on the main process: all choose as it does
+        scores = broadcast_object_list([scores])[0]
     return [(s, min(config.log_every * (i + 1), config.steps)) for i, s in enumerate(scores)]
 
 
@@ -199,7 +205,7 @@ def fit_reward_model(train: PreferenceFeatures, model_config: ModelConfig = Mode
     adds its metrics to every logged record, as in :func:`fit_vrm`. The head is fitted at
     temperature 1; ``temperature`` (recorded in the checkpoint's config) divides its rewards
     afterwards."""
-    cfg = train_config
+    cfg = _without_auto_decay(train_config)
     seed_everything(cfg.seed)
     head = RewardHead(train.hidden_size, model_config.width, model_config.depth)
     config = {"kind": "rm", "model": asdict(model_config), "train": asdict(cfg), "hidden_size": train.hidden_size}
@@ -222,12 +228,13 @@ def fit_twin(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(
     Bradley-Terry likelihood plus, when aspects are observed (as for VRM), their Normal
     likelihood with sd sigma_a (fixed by ``priors``, or learned as VRM learns it); no latent
     noise, no KL."""
-    cfg = train_config
+    cfg = _without_auto_decay(train_config)
     seed_everything(cfg.seed)
     model_config = resolve_model_config(train, model_config)
     twin = DeterministicTwin(train.hidden_size, model_config.num_objectives, model_config.latent_dim,
                              model_config.width, model_config.depth, model_config.init_concentration,
-                             learn_aspect_noise=model_config.observe_aspects and priors.aspect_noise is None)
+                             learn_aspect_noise=model_config.observe_aspects and priors.aspect_noise is None,
+                             learn_preference_scale=model_config.observe_aspects and model_config.preference_scale)
     standardizer, _ = supervision_setup(train, cfg)
     aspects = (standardizer(train.chosen_scores), standardizer(train.rejected_scores)) \
         if model_config.observe_aspects else None
@@ -239,6 +246,13 @@ def fit_twin(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig(
              metrics=lambda batch: loss.metrics(), progress=progress,
              monitor=(lambda: monitor(twin)) if monitor else None, desc="twin")
     return twin, standardizer
+
+
+def _without_auto_decay(train_config: TrainConfig) -> TrainConfig:
+    """A point fit's configuration: ``weight_decay="auto"`` chooses the decay of VRM's conditional
+    prior, which the RM and the twin do not have; they read it as 0 (``fit_tuned_reward_model``
+    chooses the RM's)."""
+    return replace(train_config, weight_decay=0.0) if train_config.weight_decay == "auto" else train_config
 
 
 @torch.no_grad()

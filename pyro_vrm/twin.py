@@ -4,10 +4,11 @@ r"""VRM's deterministic twin: the same structure without the variational part (D
 
     w(x) = \frac{\mathrm{softplus}(f_w(h_x)) + \epsilon}{\sum_k (\mathrm{softplus}(f_w(h_x)) + \epsilon)_k}, \qquad
     s(x, y) = A\, \mu(h_x, h_{xy}) + b, \qquad
-    r(x, y) = w(x) \cdot s(x, y)
+    r(x, y) = \tau\, w(x) \cdot s(x, y)
 
 w(x) is the mean of VRM's q(w | x) and mu that of q(z | x, y), through networks of the same width
-and depth and the same linear decoder. It is fitted by maximum likelihood, like ArmoRM (Wang et
+and depth and the same linear decoder, with VRM's preference scale tau where VRM has one (1
+otherwise). It is fitted by maximum likelihood, like ArmoRM (Wang et
 al. 2024): the Bradley-Terry likelihood of the preferences and, where aspects are observed, the
 Normal likelihood a ~ N(s, sigma_a) of each response's standardized aspect scores, with no
 latent noise and no KL. Whatever VRM does better than the twin, its posterior does; whatever
@@ -35,16 +36,18 @@ class DeterministicTwin(nn.Module):
     Examples:
         >>> twin = DeterministicTwin(hidden_size=5, num_objectives=3, latent_dim=2, width=8, depth=1,
         ...                          init_concentration=1.0)
-        >>> twin(torch.zeros(4, 5), torch.zeros(4, 5)).shape, twin.weights(torch.zeros(4, 5)).sum(-1)
-        (torch.Size([4]), tensor([1., 1., 1., 1.], grad_fn=<SumBackward1>))
+        >>> w = twin.weights(torch.zeros(4, 5))
+        >>> twin(torch.zeros(4, 5), torch.zeros(4, 5)).shape, torch.allclose(w.sum(-1), torch.ones(4))
+        (torch.Size([4]), True)
     """
 
     def __init__(self, hidden_size: int, num_objectives: int, latent_dim: int, width: int, depth: int,
-                 init_concentration: float, learn_aspect_noise: bool = False):
+                 init_concentration: float, learn_aspect_noise: bool = False, learn_preference_scale: bool = False):
         super().__init__()
         self.weight_encoder = WeightEncoder(hidden_size, num_objectives, width, depth, init_concentration)
         self.feature_net = mlp(2 * hidden_size, width, depth, latent_dim)
-        self.decoder = LinearDecoder(latent_dim, num_objectives, learn_aspect_noise=learn_aspect_noise)
+        self.decoder = LinearDecoder(latent_dim, num_objectives, learn_aspect_noise=learn_aspect_noise,
+                                     learn_preference_scale=learn_preference_scale)
 
     def weights(self, prompt_state: torch.Tensor) -> torch.Tensor:
         """w(x) (B, K) on the simplex."""
@@ -57,7 +60,8 @@ class DeterministicTwin(nn.Module):
         return features @ self.decoder.weight.T + self.decoder.bias
 
     def forward(self, prompt_state: torch.Tensor, response_state: torch.Tensor) -> torch.Tensor:
-        return (self.weights(prompt_state) * self.scores(prompt_state, response_state)).sum(-1)
+        rewards = (self.weights(prompt_state) * self.scores(prompt_state, response_state)).sum(-1)
+        return self.decoder.preference_scale * rewards
 
 
 class TwinLoss(nn.Module):
@@ -76,7 +80,8 @@ class TwinLoss(nn.Module):
         w = self.twin.weights(batch.prompt_state)
         s_c = self.twin.scores(batch.prompt_state, batch.chosen_state)
         s_r = self.twin.scores(batch.prompt_state, batch.rejected_state)
-        margin = (w * (s_c - s_r)).sum(-1)
+        tau = self.twin.decoder.preference_scale
+        margin = tau * (w * (s_c - s_r)).sum(-1)
         preference = -logsigmoid(margin).mean()
         aspect = margin.new_zeros(())
         if self.aspects is not None:
@@ -88,7 +93,7 @@ class TwinLoss(nn.Module):
                 prior = self.priors.aspect_noise_prior(len(self.twin.decoder.bias), margin)
                 aspect = aspect - prior.log_prob(self.twin.decoder.aspect_noise) / num_pairs
         self.last = {"preference": preference.detach(), "aspect": aspect.detach(), "margin": margin.detach(),
-                     "rewards": torch.cat([(w * s_c).sum(-1), (w * s_r).sum(-1)]).detach()}
+                     "rewards": (tau * torch.cat([(w * s_c).sum(-1), (w * s_r).sum(-1)])).detach()}
         return preference + aspect
 
     def metrics(self) -> dict:

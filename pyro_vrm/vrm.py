@@ -49,7 +49,7 @@ class VRM(PyroModule):
     Examples:
         >>> vrm = VRM(ModelConfig(latent_dim=2, width=8), hidden_size=5, num_objectives=3)
         >>> sorted(name for name, _ in vrm.named_children())
-        ['amortized_guide', 'decoder']
+        ['amortized_guide', 'conditional_prior', 'decoder']
     """
 
     def __init__(self, config: ModelConfig, hidden_size: int, num_objectives: int,
@@ -148,7 +148,7 @@ def build_vrm(config: dict) -> VRM:
     """A VRM with freshly initialised parameters from a checkpoint's config (model, priors,
     sizes), every parameter created, so that a saved state dict loads into it."""
     priors = Priors.from_dict(config["priors"])
-    vrm = VRM(ModelConfig(**config["model"]), config["hidden_size"], config["num_objectives"], priors)
+    vrm = VRM(ModelConfig.from_dict(config["model"]), config["hidden_size"], config["num_objectives"], priors)
     vrm.create_global_parameters()
     return vrm
 

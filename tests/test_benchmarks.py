@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vrm import ModelConfig, RunDir, TrainConfig, fit_vrm, preset
+from pyro_vrm import PRESETS, ModelConfig, RunDir, TrainConfig, fit_vrm, preset
 from pyro_vrm.baseline import BradleyTerryLoss  # not public: the RM's loss the benchmarks must match
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
@@ -32,7 +32,7 @@ def snapshot(module) -> dict:
     return {name: p.detach().clone() for name, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("name, sup_loss", [("recommended", "kl"), ("paper", "kl"), ("paper", "rank")])
+@pytest.mark.parametrize("name, sup_loss", [("tempered", "kl"), ("paper", "kl"), ("paper", "rank")])
 def test_hand_written_torch_loss_equals_the_pyro_loss(name, sup_loss):
     bench = load("svi_overhead")
     # N / B = 10, so that a term scaled by the plate where it should not be (or not where it
@@ -40,8 +40,8 @@ def test_hand_written_torch_loss_equals_the_pyro_loss(name, sup_loss):
     vrm, recipe, batch, num_pairs = bench.setup(32, name, TrainConfig(sup_loss=sup_loss), num_prompts=200)
     assert num_pairs >= 8 * len(batch.index)
     cfg = recipe.train_config
-    if name == "recommended":  # the defaults: beta < 1, aspects observed with a learned sigma_a, no lambda
-        assert cfg.kl_weight == TrainConfig().kl_weight < 1
+    if name == "tempered":  # beta < 1, aspects observed with a learned sigma_a, no lambda
+        assert cfg.kl_weight == PRESETS["tempered"]["kl_weight"] < 1
         assert (cfg.lambda_sup, recipe.model_config.observe_aspects) == (0.0, True)
         assert recipe.aspects is not None and vrm.decoder.aspect_noise is not None
     else:
@@ -59,7 +59,7 @@ def test_hand_written_torch_loss_equals_the_pyro_loss(name, sup_loss):
     for param, a, b in zip(names, pyro_grads, torch_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), param
     grads = dict(zip(names, torch_grads))
-    if name == "recommended":  # sigma_a is trained, and the aspect likelihood reaches b
+    if name == "tempered":  # sigma_a is trained, and the aspect likelihood reaches b
         assert grads["decoder.log_aspect_noise"].abs().min() > 0 and grads["decoder.bias"].abs().min() > 1e-4
     else:  # the supervision term reaches q(w)'s network
         assert grads["amortized_guide.weight_encoder.net.0.weight"].abs().sum() > 0
@@ -73,7 +73,7 @@ def test_svi_overhead_runs_and_checks_its_two_losses_agree(capsys):
     assert "svi_ms" not in result and list(result)[-1] == "ratio"
 
 
-@pytest.mark.parametrize("name", ["recommended", "paper"])
+@pytest.mark.parametrize("name", ["tempered", "paper"])
 def test_the_benchmarks_build_the_vrm_that_fit_vrm_builds(name):
     training = load("training")
     assert name in training.PRESET_NAMES
@@ -86,7 +86,7 @@ def test_the_benchmarks_build_the_vrm_that_fit_vrm_builds(name):
     assert torch.equal(recipe.standardizer.mean, standardizer.mean)
 
 
-@pytest.mark.parametrize("name", ["recommended", "paper"])
+@pytest.mark.parametrize("name", ["tempered", "paper"])
 def test_scaling_times_the_step_of_fit_vrm(tmp_path, name):
     bench = load("scaling")
     train = bench.random_features(60, 8, torch.device("cpu"))
@@ -97,8 +97,8 @@ def test_scaling_times_the_step_of_fit_vrm(tmp_path, name):
     # every parameter trains; with aspects observed, sigma_a and the decoder's bias too (which
     # cancels in r_chosen - r_rejected without them)
     unmoved = set(before) - parameters_moved(vrm, before)
-    assert unmoved == (set() if name == "recommended" else {"decoder.bias"})
-    assert ("decoder.log_aspect_noise" in before) == (name == "recommended")
+    assert unmoved == (set() if name == "tempered" else {"decoder.bias"})
+    assert ("decoder.log_aspect_noise" in before) == (name == "tempered")
     # the same losses and the same parameters as fit_vrm's first steps
     fitted, _ = fit_vrm(train, *preset(name, model_config, cfg), run=RunDir(tmp_path), progress=False)
     logged = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -113,7 +113,7 @@ def test_scaling_runs_each_size_in_its_own_process(capsys):
     result = bench.main(["--sizes", *map(str, sizes[::-1]), "--hidden-size", "8", "--batch-size", "16",
                          "--steps", "10", "--device", "cpu", "--threads", "1"])
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
-    assert (result["kl_weight"], result["lambda_sup"], result["observe_aspects"]) == (TrainConfig().kl_weight, 0, True)
+    assert (result["kl_weight"], result["lambda_sup"], result["observe_aspects"]) == (0.01, 0, True)  # tempered
     figures = result["sizes"]
     assert [f["pairs"] for f in figures] == sizes
     pids = {f["pid"] for f in figures}
@@ -123,9 +123,9 @@ def test_scaling_runs_each_size_in_its_own_process(capsys):
 
 def test_step_vs_rm_times_the_vrm_objective_and_the_bradley_terry_loss():
     bench = load("step_vs_rm")
-    batch, num_pairs, recipe = bench.simulated_batch(24, 32, torch.device("cpu"), "recommended",
+    batch, num_pairs, recipe = bench.simulated_batch(24, 32, torch.device("cpu"), "tempered",
                                                      ModelConfig(width=16, depth=1))
-    assert recipe.aspects is not None and recipe.train_config.kl_weight == TrainConfig().kl_weight
+    assert recipe.aspects is not None and recipe.train_config.kl_weight == PRESETS["tempered"]["kl_weight"]
     steps = bench.frozen_steps(batch, num_pairs, recipe)
     vrm, head = steps.vrm_model, steps.reward_head
     before = {f"vrm.{n}": p for n, p in snapshot(vrm).items()} | {f"rm.{n}": p for n, p in snapshot(head).items()}

@@ -12,10 +12,14 @@ from pyro_vrm.posterior import kl_terms
 from pyro_vrm.train import supervision_setup
 from pyro_vrm.vrm import VRM
 
+# The fixed-prior model, whose guide and KL terms these tests check.
+FIXED_PRIOR = {"conditional_prior": False, "preference_scale": False}
+
 
 def make_vrm(small_data, priors=Priors(), **model):
     torch.manual_seed(0)
-    vrm = VRM(ModelConfig(latent_dim=4, width=16, depth=1, **model), small_data.train.hidden_size, 4, priors)
+    vrm = VRM(ModelConfig(**{"latent_dim": 4, "width": 16, "depth": 1, **FIXED_PRIOR, **model}),
+              small_data.train.hidden_size, 4, priors)
     vrm.create_global_parameters()
     with torch.no_grad():
         for p in vrm.parameters():

@@ -35,7 +35,8 @@ def test_every_prior_has_a_flag_recorded_in_the_config_and_the_printed_priors(tm
     for f in fields(Priors):
         assert f"--prior-{f.name.replace('_', '-')}" in help_text
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out), *TINY, "--prior-concentration", "0.3", "--prior-feature-scale-tril",
+    assert main(["train", "--out", str(out), *TINY, "--no-conditional-prior", "--prior-concentration", "0.3",
+                 "--prior-feature-scale-tril",
                  ";".join(",".join("0.5" if i == j else "0" for j in range(16)) for i in range(16))]) == 0
     summary = json.loads(capsys.readouterr().out)
     config = json.loads((out / "config.json").read_text())
@@ -76,6 +77,7 @@ def test_test_fraction_acts_on_simulated_data(tmp_path, capsys):
     (["--weight-decay", "lots"], "--weight-decay must be a number >= 0 or auto"),
     (["--conditional-prior", "--prior-feature-df", "4"], "a conditional prior learns a Dirichlet"),
     (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
+    (["--finetune", "lora"], "--weight-decay auto needs cached hidden states (--finetune none)"),
 ])
 def test_bad_arguments_give_one_clear_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -175,7 +177,7 @@ def test_finetune_lora_trains_the_adapters_with_vrm_end_to_end(tiny_causal_lm, t
     argv = ["train", "--data", "simulated-text", "--backbone", str(tiny_causal_lm), "--max-length", "48",
             "--finetune", "lora", "--lora-rank", "4", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
             "--steps", "6", "--batch-size", "8", "--checkpoint-every", "3", "--log-every", "3", "--width", "16",
-            "--quiet"]
+            "--weight-decay", "0.01", "--quiet"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     state = torch.load(out / "checkpoint" / "params.pt", weights_only=False)

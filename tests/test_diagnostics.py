@@ -17,7 +17,8 @@ from pyro_vrm.train import fit_vrm
 from pyro_vrm.vrm import VRM
 
 SIMULATION = SimulationConfig(num_prompts=200, seed=3)
-SMALL = ModelConfig(latent_dim=4, width=32, depth=1)
+SMALL = ModelConfig(latent_dim=4, width=32, depth=1)  # the default model: conditional priors
+FIXED = ModelConfig(latent_dim=4, width=32, depth=1, conditional_prior=False)  # a guide these tests can set
 PNGS = ["weight_forest", "predictive_check", "reliability", "sd_vs_accuracy", "elbo_trace",
         "psis_khat", "nuts_vs_svi"]
 
@@ -29,7 +30,8 @@ def diagnosed(tmp_path_factory):
     run = RunDir(path)
     run.write_json("config.json", {"command": "train", "data": "simulated", "model": "vrm",
                                    "simulation": asdict(SIMULATION)})
-    fit_vrm(simulate(SIMULATION).train, SMALL, TrainConfig(steps=100, batch_size=64), run=run, progress=False)
+    fit_vrm(simulate(SIMULATION).train, SMALL, TrainConfig(steps=100, batch_size=64, weight_decay=0.0), run=run,
+            progress=False)
     results = diagnose(path, num_samples=100, nuts_pairs=30, max_pairs=60, nuts_warmup=150,
                        nuts_draws=100, nuts_chains=2)
     return path, results
@@ -39,8 +41,8 @@ def prior_guide_vrm(feature_scale: float = 1.0) -> VRM:
     """A VRM whose guide is q(w) = Dirichlet(1), q(z) = Normal(0, feature_scale) for every pair:
     the prior itself when feature_scale = 1."""
     torch.manual_seed(0)
-    vrm = VRM(SMALL, hidden_size=64, num_objectives=4)
-    d = SMALL.latent_dim
+    vrm = VRM(FIXED, hidden_size=64, num_objectives=4)
+    d = FIXED.latent_dim
     with torch.no_grad():
         vrm.decoder.weight.mul_(4.0)  # rewards that vary, so the likelihood is not flat
         weights, features = vrm.amortized_guide.weight_encoder, vrm.amortized_guide.feature_encoder
@@ -84,7 +86,7 @@ def test_psis_khat_is_small_for_the_prior_and_large_for_a_too_narrow_guide(small
 
 def test_global_latents_are_fixed_at_the_guide_medians(small_data):
     priors = Priors(concentration_hyperprior=(0.0, 0.5))
-    config = ModelConfig(latent_dim=4, width=16, depth=1, bayesian_decoder=True)
+    config = ModelConfig(latent_dim=4, width=16, depth=1, bayesian_decoder=True, conditional_prior=False)
     vrm, _ = fit_vrm(small_data.train, config, TrainConfig(steps=5, batch_size=32), priors=priors, progress=False)
     idata = to_inference_data(vrm, small_data.test.select(torch.arange(6)), num_samples=20)
     assert set(idata.posterior.data_vars) == {"objective_weights", "chosen_features", "rejected_features",

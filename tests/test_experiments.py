@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pyro_vrm import cli, simulated_text
+from pyro_vrm.train import WEIGHT_DECAY_GRID
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = ["--steps", "20", "--log-every", "10", "--seeds", "1", "--max-length", "48"]
@@ -68,10 +69,12 @@ def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
     results = scripts["sbc"].main(["--steps", "10", "--pairs", "400", "--held-out", "200", "--kl-weights", "0.5",
                                    "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "| default | recommended | simulator | 0.01 |" in printed and "| paper | paper | simulator | 1 |" in printed
-    assert "| conditional | conditional | its own fit | 1 |" in printed
-    assert "| kl_weight=0.5 | recommended | simulator | 0.5 |" in printed and results["kl_weight=0.5"]["kl_weight"] == 0.5
-    assert "own_generator" in results["conditional"] and "own_generator" not in results["kl_weight=0.5"]
+    assert "| default | recommended | simulator | 1 |" in printed and "| paper | paper | simulator | 1 |" in printed
+    assert "| default | recommended | its own fit | 1 |" in printed
+    assert "| tempered | tempered | simulator | 0.01 |" in printed
+    assert "| kl_weight=0.5 | tempered | simulator | 0.5 |" in printed and results["kl_weight=0.5"]["kl_weight"] == 0.5
+    assert "own_generator" in results["tempered"] and "own_generator" not in results["kl_weight=0.5"]
+    assert [row["weight_decay"] for row in results["default"]["weight_decay_selection"]] == list(WEIGHT_DECAY_GRID)
     saved = json.loads((tmp_path / "results.json").read_text())
     keys = {"w_rank_pvalue", "margin_rank_pvalue", "loglik_rank_pvalue", "margin_contraction", "w_contraction"}
     for fit in ("default", "paper"):
@@ -80,7 +83,7 @@ def test_sbc_writes_both_presets_and_the_ecdf_figure(scripts, tmp_path, capsys):
     assert saved["paper"]["preset"] == "paper" and results["default"]["preset"] == "recommended"
     assert keys <= set(saved["default"]["own_generator"])
     assert (tmp_path / "sbc.png").stat().st_size > 1000 and (tmp_path / "sbc_paper.png").exists()
-    assert (tmp_path / "sbc_conditional_own.png").exists()
+    assert (tmp_path / "sbc_default_own.png").exists() and (tmp_path / "sbc_tempered.png").exists()
     assert not list(tmp_path.glob("sbc_kl*.png"))
 
 

@@ -18,11 +18,12 @@ from pyro_vrm.cli import main
 from pyro_vrm.config import ConfigError, TrainConfig
 from pyro_vrm.loop import minibatches
 from pyro_vrm.runs import RunDir
-from pyro_vrm.train import fit_vrm
+from pyro_vrm.train import WEIGHT_DECAY_GRID, fit_vrm
 
 # One thread per process: the same float reductions in every run, and no oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-SMALL = ["train", "--quiet", "--width", "32", "--depth", "1", "--latent-dim", "4"]  # a tiny network
+# a tiny network of the tempered preset (fixed priors), the cheapest fit, for the loop's machinery
+SMALL = ["train", "--quiet", "--width", "32", "--depth", "1", "--latent-dim", "4", "--preset", "tempered"]
 TRAIN = [*SMALL, "--log-every", "10"]
 STOPPABLE_CLI = Path(__file__).with_name("stoppable_cli.py")  # pyro_vrm.cli that can hold at a step
 
@@ -140,9 +141,10 @@ def test_a_stopped_run_resumed_ends_as_the_uninterrupted_run(reference, tmp_path
 
 def test_resume_refuses_other_settings(tmp_path, small_data):
     run = tmp_path / "run"
-    fit_vrm(small_data.train, train_config=TrainConfig(steps=20, log_every=10), run=RunDir(run), progress=False)
+    fit_vrm(small_data.train, train_config=TrainConfig(steps=20, log_every=10, weight_decay=0.0), run=RunDir(run),
+            progress=False)
     with pytest.raises(ConfigError, match=r"other settings \(train\)"):
-        fit_vrm(small_data.train, train_config=TrainConfig(steps=30, log_every=10), run=RunDir(run),
+        fit_vrm(small_data.train, train_config=TrainConfig(steps=30, log_every=10, weight_decay=0.0), run=RunDir(run),
                 progress=False, resume=True)
 
 
@@ -224,6 +226,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert vrm1["test_accuracy"] > 0.65  # both learned: chance is 0.5, the oracle 0.79
     metrics = RunDir(tmp_path / "vrm2").read_metrics()
     assert [r["step"] for r in metrics] == list(range(10, 201, 10))
+
+
+def test_two_processes_choose_the_default_weight_decay_together(tmp_path):
+    # The validation scores are taken on the main process; every process must refit the same choice.
+    summary = launch_two(*SMALL[:-2], "--steps", "30", "--batch-size", "128", "--out", str(tmp_path / "auto"))
+    table = summary["weight_decay_selection"]
+    assert [row["weight_decay"] for row in table] == list(WEIGHT_DECAY_GRID)
+    best = max(table, key=lambda row: (row["validation_log_lik"], row["weight_decay"]))
+    assert summary["weight_decay"] == best["weight_decay"]
+    assert checkpoint(tmp_path / "auto")["step"] == best["steps"]
 
 
 def small_text_pairs(path: Path, num_prompts: int = 24) -> Path:

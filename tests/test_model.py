@@ -47,9 +47,9 @@ def test_model_samples_the_documented_sites_and_shapes():
     assert latent_sites(trace) == {SITES["weights"], SITES["chosen"], SITES["rejected"], SITES["preference"]}
 
 
-@pytest.mark.parametrize("config", [ModelConfig(latent_dim=3, width=8),
-                                    ModelConfig(latent_dim=3, width=8, decoder="mlp"),
-                                    ModelConfig(latent_dim=3, width=8, bayesian_decoder=True),
+@pytest.mark.parametrize("config", [ModelConfig(latent_dim=3, width=8, conditional_prior=False),
+                                    ModelConfig(latent_dim=3, width=8, conditional_prior=False, decoder="mlp"),
+                                    ModelConfig(latent_dim=3, width=8, conditional_prior=False, bayesian_decoder=True),
                                     ModelConfig(latent_dim=3, width=8, conditional_prior=True)])
 def test_guide_covers_exactly_the_models_latent_sites(config):
     vrm = VRM(config, hidden_size=5, num_objectives=4)
@@ -64,7 +64,7 @@ def test_guide_covers_exactly_the_models_latent_sites(config):
 
 def test_hyperprior_adds_a_global_concentration_covered_by_the_guide():
     priors = Priors(concentration_hyperprior=(0.0, 1.0))
-    vrm = VRM(ModelConfig(latent_dim=3, width=8), hidden_size=5, num_objectives=4, priors=priors)
+    vrm = VRM(ModelConfig(latent_dim=3, width=8, conditional_prior=False), hidden_size=5, num_objectives=4, priors=priors)
     guide_trace = poutine.trace(vrm.guide).get_trace(make_batch(), num_pairs=6, preferences=torch.ones(6))
     assert "log_concentration" in latent_sites(guide_trace)
     assert guide_trace.nodes["log_concentration"]["value"].shape == (4,)

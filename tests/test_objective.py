@@ -10,7 +10,7 @@ from pyro_vrm.supervision import supervision_loss
 from pyro_vrm.train import supervision_setup
 from pyro_vrm.vrm import VRM
 
-SMALL = ModelConfig(latent_dim=4, width=32, depth=1)
+SMALL = ModelConfig(latent_dim=4, width=32, depth=1, conditional_prior=False, preference_scale=False)
 
 
 def setup(small_data, priors=Priors(), **model):

@@ -13,7 +13,7 @@ def test_sbc_passes_a_posterior_at_the_prior_and_fails_an_overconfident_one():
     """An untrained guide's q(w) is Dirichlet(1), the prior: its w ranks are uniform and it contracts
     nothing. A q(w) pinned at (1/4, ..., 1/4) is far too narrow: its ranks pile at both ends."""
     data = simulate_from_prior(Priors(), PriorSimulationConfig(num_pairs=1100, held_out=1000, hidden_size=16))
-    vrm = VRM(ModelConfig(latent_dim=16, width=16, depth=1, observe_aspects=False), 16, 4)
+    vrm = VRM(ModelConfig(latent_dim=16, width=16, depth=1, observe_aspects=False, conditional_prior=False), 16, 4)
     torch.manual_seed(0)
     at_prior = simulation_based_calibration(vrm, data)
     assert at_prior["w_rank_pvalue"] > 0.01

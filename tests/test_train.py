@@ -17,15 +17,17 @@ from pyro_vrm.runs import RunDir
 from pyro_vrm.simulation import SimulationConfig, simulate
 from pyro_vrm.fits import load_fit
 from pyro_vrm.features import PreferenceFeatures
-from pyro_vrm.train import (KL_WEIGHT_GRID, fit_reward_model, fit_temperature_scaled_reward_model,
+from pyro_vrm.train import (KL_WEIGHT_GRID, WEIGHT_DECAY_GRID, fit_reward_model, fit_temperature_scaled_reward_model,
                             fit_tuned_reward_model, fit_twin, fit_vrm, select_kl_weight, supervision_setup)
 from pyro_vrm.vrm import VRM, load_vrm
 
-SMALL = ModelConfig(latent_dim=4, width=32, depth=1)
+# Most tests here check the fitting machinery on the fixed-prior model of the tempered preset,
+# the cheapest to fit; those of the default (the recommended preset) say so.
+SMALL, TEMPERED = preset("tempered", ModelConfig(latent_dim=4, width=32, depth=1))
 
 
 def quick(**kw):
-    return TrainConfig(**{"steps": 60, "batch_size": 64, "log_every": 10, **kw})
+    return replace(TEMPERED, **{"steps": 60, "batch_size": 64, "log_every": 10, **kw})
 
 
 def test_full_data_loss_is_the_average_of_minibatch_losses(small_data):
@@ -110,7 +112,7 @@ def test_variants_train(small_data, tmp_path, overrides):
 
 def test_non_default_priors_and_model_flags_train_end_to_end(small_data, tmp_path):
     priors = Priors(concentration=0.3, feature_df=5.0, concentration_hyperprior=(0.0, 1.0))
-    config = ModelConfig(latent_dim=4, width=32, depth=1, bayesian_decoder=True, observe_aspects=True)
+    config = replace(SMALL, bayesian_decoder=True, observe_aspects=True)
     vrm, _ = fit_vrm(small_data.train, config, quick(), priors=priors, run=RunDir(tmp_path), progress=False)
     assert vrm.priors == priors
     pyro.set_rng_seed(0)
@@ -127,7 +129,7 @@ def test_non_default_priors_and_model_flags_train_end_to_end(small_data, tmp_pat
 
 
 def test_two_fits_in_one_process_keep_their_own_posteriors(small_data):
-    config = ModelConfig(latent_dim=4, width=32, depth=1, bayesian_decoder=True)
+    config = replace(SMALL, bayesian_decoder=True)
     batch = small_data.test.batch(torch.arange(50))._replace(index=torch.arange(50))
     first, _ = fit_vrm(small_data.train, config, quick(), progress=False)
     state = {k: v.clone() for k, v in first.state_dict().items()}
@@ -147,7 +149,7 @@ def test_observed_aspects_pull_the_decoded_features_towards_the_annotations(smal
     observed = standardizer(train.chosen_scores)
 
     def decoded(observe):
-        vrm, _ = fit_vrm(train, ModelConfig(latent_dim=4, width=32, depth=1, observe_aspects=observe),
+        vrm, _ = fit_vrm(train, replace(SMALL, observe_aspects=observe),
                          quick(steps=150), progress=False)
         with torch.no_grad():
             loc = vrm.amortized_guide.feature_posterior(train.prompt_state, train.chosen_state).base_dist.loc
@@ -272,7 +274,7 @@ def test_kl_weight_auto_refits_the_beta_that_validation_prefers_and_records_the_
 def test_weight_decay_auto_chooses_on_validation_and_decays_only_a_conditional_priors_networks(small_data, tmp_path):
     from pyro_vrm.loop import _parameter_groups
     from pyro_vrm.objective import VRMLoss
-    from pyro_vrm.train import WEIGHT_DECAY_GRID, select_on_validation
+    from pyro_vrm.train import select_on_validation
     conditional = replace(SMALL, conditional_prior=True)
     config = quick(kl_weight=1.0)
     table = select_on_validation(small_data.train, conditional, config, Priors(), "weight_decay", (0.0, 0.1))
@@ -289,8 +291,21 @@ def test_weight_decay_auto_chooses_on_validation_and_decays_only_a_conditional_p
     assert {id(p) for p in decayed} == {id(p) for p in vrm.conditional_prior.parameters()}
     fixed = VRM(SMALL, small_data.train.hidden_size, 4)
     assert [len(g["params"]) for g in _parameter_groups(fixed, 0.1)] == [len(list(fixed.parameters()))]
-    with pytest.raises(ValueError, match="--weight-decay auto"):
-        fit_reward_model(small_data.train, SMALL, replace(config, weight_decay="auto"), progress=False)
+    # the RM has no prior networks to decay: it reads auto as 0 (the tuned RM chooses its own)
+    rm_auto = fit_reward_model(small_data.train, SMALL, replace(config, weight_decay="auto"), progress=False)
+    rm_none = fit_reward_model(small_data.train, SMALL, replace(config, weight_decay=0.0), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(rm_auto.parameters(), rm_none.parameters()))
+
+
+def test_the_default_fit_is_the_recommended_preset(small_data, tmp_path):
+    config = TrainConfig(steps=30, batch_size=64, log_every=10, validate_every=10)
+    vrm, _ = fit_vrm(small_data.train, ModelConfig(latent_dim=4, width=16, depth=1), config, run=RunDir(tmp_path),
+                     progress=False)
+    saved = RunDir(tmp_path).checkpoint_config()
+    assert vrm.conditional_prior is not None and saved["train"]["kl_weight"] == 1.0
+    assert [row["weight_decay"] for row in saved["weight_decay_selection"]] == list(WEIGHT_DECAY_GRID)
+    assert saved["train"]["weight_decay"] in WEIGHT_DECAY_GRID
+    assert hasattr(vrm.decoder, "log_preference_scale")  # the data carry aspect scores
 
 
 def test_the_preference_scale_carries_how_sharp_the_preferences_are_beyond_the_aspects():

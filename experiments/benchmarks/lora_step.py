@@ -1,10 +1,10 @@
 """One end-to-end LoRA training step against one step on cached features of the frozen backbone.
 
 Both steps are the same VRM loss (``VRMLoss`` under ``--preset``, as ``fit_vrm`` builds it for
-the pairs: ``recommended``, training's default, weights the KLs by ``TrainConfig().kl_weight``,
-observes the aspect scores where the pairs carry them (the HH-RLHF sample carries none) and has no supervision term;
-``paper`` weights them 1 with lambda 0.1) and the same optimizer (Adam) on the same
-minibatches; the LoRA step also runs the backbone forward and backward (gradient checkpointing
+the pairs: ``tempered``, fixed priors, weights the KLs by 0.01, observes the aspect scores where
+the pairs carry them (the HH-RLHF sample carries none) and has no supervision term; ``paper``
+weights them 1 with lambda 0.1; ``recommended``, training's default, has conditional priors)
+and the same optimizer (Adam) on the same minibatches; the LoRA step also runs the backbone forward and backward (gradient checkpointing
 on, as ``add_lora`` sets it; also timed off) and steps the adapters. Pairs: the HH-RLHF
 sample in ../shared/data when present, otherwise simulated-text. Backbone: ``minilm`` or
 ``tiny`` (a random-init 2-layer Qwen3 of width 32, MiniLM's tokenizer). On CUDA the base
@@ -12,7 +12,7 @@ weights are bf16 (as ``add_lora`` sets them). Prints one JSON line ending with
 ``"ratio": LoRA step / frozen-feature step``.
 
     python experiments/benchmarks/lora_step.py [--backbone minilm] [--batch-size 8] [--max-length 128] [--device cpu]
-                                               [--preset recommended|paper]
+                                               [--preset tempered|paper|recommended]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def load_pairs(num_pairs: int) -> tuple[datasets.Dataset, str]:
 
 
 def setup(backbone_name: str, num_pairs: int, max_length: int, gradient_checkpointing: bool = True, seed: int = 0,
-          device: str = "cpu", preset_name: str = "recommended"):
+          device: str = "cpu", preset_name: str = "tempered"):
     """(VRM, the pairs as text through a LoRA backbone, the same pairs as frozen features, the
     recipe of ``preset_name`` for the pairs (objective, targets, aspect tables), source), on
     ``device``. At this point the adapters are zero, so both tables give the same states."""

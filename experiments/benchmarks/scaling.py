@@ -4,10 +4,10 @@ For each data-set size N (default 4,000, 40,000 and 400,000 pairs of random hidd
 H = 384 as MiniLM's, with K = 4 aspect scores), the step that ``fit_vrm`` takes (a minibatch
 from ``minibatches``, ``VRMLoss`` forward and backward, a ClippedAdam step), written out here so
 that it runs on any device, is repeated a fixed number of times at a fixed batch size. The
-objective is ``--preset``'s: ``recommended`` (training's default: the KL weight of
-``TrainConfig``, the aspect scores observed with a learned sigma_a, no supervision term) or
-``paper`` (KL weight 1, lambda 0.1 on the aspect target, no aspect likelihood). The timed steps
-come in chunks, and the median chunk gives the step time (so a burst of load from other jobs
+objective is ``--preset``'s: ``tempered`` (fixed priors, KL weight 0.01, the aspect scores
+observed with a learned sigma_a, no supervision term), ``paper`` (KL weight 1, lambda 0.1 on the
+aspect target, no aspect likelihood) or ``recommended`` (training's default: conditional priors).
+The timed steps come in chunks, and the median chunk gives the step time (so a burst of load from other jobs
 hits one chunk, not the figure). Each N runs in a fresh subprocess (its ``pid`` is in its figures), so that its peak
 memory (``ru_maxrss``, and ``torch.cuda.max_memory_allocated`` on CUDA) is that size's alone.
 A step's cost should not depend on N (the plate subsamples; only the data's memory grows).
@@ -16,7 +16,7 @@ Prints one JSON line ending with ``"ratio": pairs/s at the largest N / pairs/s a
 
     python experiments/benchmarks/scaling.py [--sizes 4000 40000 400000] [--batch-size 256]
                                              [--steps 300] [--device cpu] [--threads 1]
-                                             [--preset recommended|paper]
+                                             [--preset tempered|paper|recommended]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def random_features(num_pairs: int, hidden_size: int, device: torch.device, seed
 
 
 def training_step(train: PreferenceFeatures, train_config: TrainConfig, device: torch.device,
-                  preset_name: str = "recommended", model_config: ModelConfig = ModelConfig(),
+                  preset_name: str = "tempered", model_config: ModelConfig = ModelConfig(),
                   num_steps: int | None = None) -> tuple[Callable[[], torch.Tensor], VRM, Recipe]:
     """(a step of ``fit_vrm`` on ``train`` returning its loss, the VRM it trains, its recipe): the VRM
     seeded and built as ``fit_vrm`` builds it under the preset, minibatches from
@@ -78,7 +78,7 @@ def training_step(train: PreferenceFeatures, train_config: TrainConfig, device: 
 
 
 def one_size(num_pairs: int, hidden_size: int, batch_size: int, steps: int, device: torch.device,
-             preset_name: str = "recommended") -> dict:
+             preset_name: str = "tempered") -> dict:
     """Train ``steps`` timed steps (after a tenth as many untimed) on N random pairs; figures of this N."""
     train = random_features(num_pairs, hidden_size, device)
     warmup, chunk = max(1, steps // 10), max(1, steps // CHUNKS)

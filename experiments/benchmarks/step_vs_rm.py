@@ -3,8 +3,8 @@
 ``--mode frozen``: both read the same batch of frozen backbone features
 (B pairs of hidden states (B, H), with K = 4 aspect scores); both heads have the same MLP width
 and depth and the same optimizer (ClippedAdam, the training loop's). The VRM step is the
-loop's: ``VRMLoss`` under ``--preset`` (``recommended``, training's default: closed-form KLs
-weighted by ``TrainConfig().kl_weight``, the aspect scores observed with a learned sigma_a, no supervision term;
+loop's: ``VRMLoss`` under ``--preset`` (``tempered``: fixed priors, closed-form KLs
+weighted by 0.01, the aspect scores observed with a learned sigma_a, no supervision term;
 ``paper``: KL weight 1, lambda 0.1, no aspect likelihood), backward, and an optimizer step over
 ``vrm.parameters()``; the RM step is ``RewardHead`` on chosen and rejected, the Bradley-Terry
 loss -logsigmoid(r_chosen - r_rejected) averaged over pairs (as ``fit_reward_model``), backward
@@ -19,13 +19,13 @@ which splits the gap into Pyro's overhead and VRM's extra work. Prints one JSON 
 (HH-RLHF pairs from ../shared/data when present, else simulated-text): the step runs the
 backbone forward and backward for the batch's states (``TextPairs.batch``), then the same head
 and loss as above, and steps the head and the adapters. (The HH-RLHF pairs carry no aspect
-scores, so there the recommended objective observes none, as ``fit_vrm`` would.)
+scores, so there the tempered objective observes none, as ``fit_vrm`` would.)
 
 The aim: VRM <= 1.05x RM on a GPU.
 
     python experiments/benchmarks/step_vs_rm.py [--mode frozen] [--hidden-size 384] [--batch-size 256]
                                                 [--repeats 200] [--device cuda] [--threads 1]
-                                                [--preset recommended|paper]
+                                                [--preset tempered|paper]
     python experiments/benchmarks/step_vs_rm.py --mode lora [--backbone minilm] [--batch-size 8]
                                                 [--max-length 128] [--repeats 20]
 
@@ -71,7 +71,7 @@ def bradley_terry(head: RewardHead, batch: PairBatch) -> torch.Tensor:
     return -logsigmoid(r_chosen - r_rejected).mean()
 
 
-def simulated_batch(hidden_size: int, batch_size: int, device: torch.device, preset_name: str = "recommended",
+def simulated_batch(hidden_size: int, batch_size: int, device: torch.device, preset_name: str = "tempered",
                     model_config: ModelConfig = ModelConfig(), seed: int = 0) -> tuple[PairBatch, int, Recipe]:
     """(batch of ``batch_size`` simulated pairs with supervision targets, on ``device``; N; the
     recipe of ``preset_name`` for the training table, whose aspect tables stay on the CPU as in
@@ -108,7 +108,7 @@ def frozen_steps(batch: PairBatch, num_pairs: int, r: Recipe, seed: int = 0) -> 
 
 
 def lora_steps(backbone: str, batch_size: int, max_length: int, device: torch.device,
-               preset_name: str = "recommended", model_config: ModelConfig = ModelConfig(), seed: int = 0) -> Steps:
+               preset_name: str = "tempered", model_config: ModelConfig = ModelConfig(), seed: int = 0) -> Steps:
     """A VRM step and a Bradley-Terry step end to end, each through its own LoRA backbone, on the
     same cycle of minibatches of ``batch_size`` text pairs."""
     from lora_step import backbone_named, load_pairs
@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"pairs per step (default: {TrainConfig().batch_size} frozen, 8 lora)")
     parser.add_argument("--repeats", type=int, default=200)
-    add_preset_argument(parser)
+    add_preset_argument(parser, ("tempered", "paper"))  # those the hand-written loss covers
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads: the heads' matmuls are small, and on a shared machine a second "
