@@ -69,8 +69,10 @@ def vrm_is_tempered(record: dict) -> bool:
 
 
 def vrm_note(record: dict) -> list[str]:
-    """A sentence under a record whose ``VRM`` is not today's default, else nothing."""
-    if not vrm_is_tempered(record):
+    """A sentence under a record whose ``VRM`` (a row of its table names it) is not today's
+    default, else nothing."""
+    labels = [c for row in record.get("table", {}).get("rows", []) for c in row[:2] if isinstance(c, str)]
+    if not vrm_is_tempered(record) or not any(re.match(r"(VRM|vrm)\b", c) for c in labels):
         return []
     return ["", "This run predates the recommended preset as the package default: its VRM is the tempered "
                 "preset (fixed priors, KL weight 0.01), the default when it ran. Rerun the command to compare "

@@ -57,7 +57,7 @@ def check_choice(cfg, name: str) -> None:
         raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
 
 
-# What a fit recorded before these fields of ModelConfig existed did without them.
+# The values that ModelConfig fields added later had in every fit made before they existed.
 _BEFORE_FIELD_EXISTED = {"conditional_prior": False, "preference_scale": False}
 
 
@@ -110,9 +110,9 @@ class TrainConfig:
     lr_decay: float = field(default=0.1, metadata=option("final lr / initial lr; geometric decay"))
     clip_norm: float = field(default=10.0, metadata=option("per-parameter gradient norm clip"))
     weight_decay: float | str = field(default="auto", metadata=option(
-        "L2 weight decay (Adam) of every parameter, or with a conditional prior of its networks only; auto: for VRM, chosen from "
-        "pyro_vrm.train.WEIGHT_DECAY_GRID as --kl-weight auto chooses beta; the RM and the twin read it as 0 "
-        "(--model rm-tuned chooses the RM's)"))
+        "L2 weight decay (Adam) of every parameter, or with a conditional prior of its networks only; auto: for "
+        "VRM, chosen from pyro_vrm.train.WEIGHT_DECAY_GRID as --kl-weight auto chooses beta; the RM and the twin "
+        "read it as 0 (--model rm-tuned chooses the RM's)"))
     kl_weight: float | str = field(default=1.0, metadata=option(
         "beta, weight of every KL term of the ELBO, local and global (1: the paper's ELBO); auto: chosen per data "
         "set from pyro_vrm.train.KL_WEIGHT_GRID by the held-out log-likelihood of validation pairs carved from the "
