@@ -27,11 +27,13 @@ CONFIGS = [
     ("RM, tuned weight decay", ["--model", "rm-tuned"]),
     ("twin", ["--model", "twin"]),
     ("VRM, paper's objective, lambda 0", ["--model", "vrm", "--preset", "paper", "--lambda-sup", "0"]),
-    ("VRM, 3000 steps", ["--model", "vrm", "--steps", "3000"]),
+    ("VRM, KL weight 0.01", ["--model", "vrm", "--preset", "tempered"]),
+    ("VRM, KL weight 0.01, 3000 steps", ["--model", "vrm", "--preset", "tempered", "--steps", "3000"]),
     ("RM, 3000 steps", ["--model", "rm", "--steps", "3000"]),
-    ("VRM, 4 particles", ["--model", "vrm", "--num-particles", "4"]),
-    ("VRM, Trace_ELBO", ["--model", "vrm", "--elbo", "trace"]),
-    ("VRM, mlp decoder (no aspect likelihood)", ["--model", "vrm", "--decoder", "mlp"]),
+    ("VRM, KL weight 0.01, 4 particles", ["--model", "vrm", "--preset", "tempered", "--num-particles", "4"]),
+    ("VRM, KL weight 0.01, Trace_ELBO", ["--model", "vrm", "--preset", "tempered", "--elbo", "trace"]),
+    ("VRM, KL weight 0.01, mlp decoder (no aspect likelihood)", ["--model", "vrm", "--preset", "tempered",
+                                                                "--decoder", "mlp"]),
 ]
 PER_SEED = 5
 

@@ -35,7 +35,7 @@ def test_every_prior_has_a_flag_recorded_in_the_config_and_the_printed_priors(tm
     for f in fields(Priors):
         assert f"--prior-{f.name.replace('_', '-')}" in help_text
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out), *TINY, "--no-conditional-prior", "--prior-concentration", "0.3",
+    assert main(["train", "--out", str(out), *TINY, "--preset", "tempered", "--prior-concentration", "0.3",
                  "--prior-feature-scale-tril",
                  ";".join(",".join("0.5" if i == j else "0" for j in range(16)) for i in range(16))]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -57,7 +57,8 @@ def test_evaluate_predictions_reports_intervals_calibration_confidence_and_subse
     assert out["selective_accuracy_50"] == pytest.approx(0.5)  # the confidences 3 and 2: wrong, right
 
 
-@pytest.mark.parametrize("model, flags", [("vrm", []), ("vrm", ["--preset", "tempered"]), ("rm", []), ("twin", [])])
+@pytest.mark.parametrize("model, flags", [("vrm", ["--weight-decay", "0.01"]), ("vrm", ["--preset", "tempered"]),
+                                          ("rm", []), ("twin", [])])
 def test_evaluate_command_on_a_simulated_run(tmp_path, capsys, model, flags):
     out = tmp_path / model
     assert main(["train", "--model", model, "--out", str(out), "--steps", "30", "--quiet", *flags]) == 0

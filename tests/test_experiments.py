@@ -116,7 +116,7 @@ def test_real_data_scores_the_polite_closing_hack_for_every_model(scripts, small
 
 def test_learning_curve_reports_every_size_with_standard_errors_and_paired_verdicts(scripts, tmp_path, capsys):
     lc = scripts["learning_curve"]
-    results = lc.main(["--data", "simulated", "--sizes", "40,all", "--seeds", "2", "--steps", "20", "--members", "2",
+    results = lc.main(["--data", "simulated", "--sizes", "40,all", "--seeds", "2", "--steps", "10", "--members", "2",
                        "--workers", "1", "--models", "vrm,vrm-informative,rm,rm-ensemble", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     saved = json.loads((tmp_path / "results.json").read_text())
