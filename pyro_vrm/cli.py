@@ -205,7 +205,7 @@ def _fitted_settings(model: str, run, priors: Priors) -> dict:
     if model == "vrm":
         settings = {"kl_weight": saved["train"]["kl_weight"], "lambda_sup": saved["train"]["lambda_sup"],
                     "weight_decay": saved["train"]["weight_decay"], "observe_aspects": saved["model"]["observe_aspects"],
-                    "conditional_prior": saved["model"].get("conditional_prior", False), "priors": repr(priors)}
+                    "conditional_prior": ModelConfig.from_dict(saved["model"]).conditional_prior, "priors": repr(priors)}
         for selection in ("kl_weight_selection", "weight_decay_selection"):
             if selection in saved:
                 settings[selection] = saved[selection]

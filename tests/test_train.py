@@ -180,8 +180,8 @@ def test_the_paper_preset_fits_the_papers_objective(small_data):
     model_config, train_config = preset("paper", SMALL, quick())
     vrm, _ = fit_vrm(small_data.train, model_config, train_config, progress=False)
     assert vrm.config.observe_aspects is False and train_config.kl_weight == 1.0 and train_config.lambda_sup == 0.1
-    recommended, _ = fit_vrm(small_data.train, SMALL, quick(), progress=False)
-    assert recommended.config.observe_aspects is True  # the data carry aspect scores
+    tempered, _ = fit_vrm(small_data.train, SMALL, quick(), progress=False)
+    assert tempered.config.observe_aspects is True  # the data carry aspect scores
 
 
 def test_the_twin_fits_the_same_structure_by_maximum_likelihood(small_data, tmp_path):
