@@ -9,7 +9,8 @@ the validation set, which chooses the last layer's prior scale and every kappa. 
 the seed-0 RM, its last layer resampled by NUTS (``--chains`` chains of ``--num-samples`` draws
 after ``--warmup``). ``rm-ensemble`` and ``vrm-ensemble``: ``--members`` fits, seeds 0 .. M-1, each
 member standardized by its rewards on its training responses (:mod:`pyro_vrm.ensemble`). ``rm``:
-the seed-0 RM alone, a point estimate (its sd is 0), for reference.
+the seed-0 RM alone, a point estimate (its sd is 0), for reference. ``vrm``: the seed-0 VRM alone,
+its sd the posterior's (q(w), q(z)) of one fit.
 
 **Measures.** Test accuracy and log loss of the posterior predictive P(chosen wins) (an
 ensemble's: the mean of its members'); the AUROC of the reward sd for telling each kind of
@@ -45,7 +46,7 @@ def arguments(argv):
     p = parser(__doc__.splitlines()[0], seeds=None, models=None)
     quick_flag(p, QUICK)
     p.add_argument("--members", type=int, default=5, help="fits per ensemble (seeds 0 .. M-1)")
-    p.add_argument("--no-vrm", action="store_true", help="leave out the VRM ensemble")
+    p.add_argument("--no-vrm", action="store_true", help="leave out VRM (its one fit and its ensemble)")
     p.add_argument("--num-samples", type=int, default=500, help="NUTS draws per chain")
     p.add_argument("--warmup", type=int, default=300, help="NUTS warmup steps per chain")
     p.add_argument("--chains", type=int, default=2, help="NUTS chains, one after the other")
@@ -86,7 +87,12 @@ def fit_all(args, fit_part, held, out) -> tuple[dict[str, Scorer], dict]:
                                 1, time.perf_counter() - started)}
     for kind in ("rm", *(() if args.no_vrm else ("vrm",))):
         started = time.perf_counter()
-        members = [fit(kind, s) for s in range(args.members)]
+        members = [fit(kind, 0)]
+        if kind == "vrm":  # one fit, its sd the posterior's own: the first member alone
+            one = members[0]
+            scorers["vrm"] = Scorer(lambda p, r: reward_mean_sd(one, p, r), lambda f: predict(one, f).prob_chosen,
+                                    1, time.perf_counter() - started)
+        members += [fit(kind, s) for s in range(1, args.members)]
         ensemble = Ensemble(members).standardize(*reference)
         scorers[f"{kind}-ensemble"] = Scorer(
             lambda p, r, e=ensemble: reward_mean_sd(e, p, r),

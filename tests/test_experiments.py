@@ -174,9 +174,13 @@ def test_last_layer_compares_one_nuts_fit_with_the_ensembles(scripts, small_text
                                "--max-n", "4", "--val-prompts", "4", "--val-pool", "4", "--ood-texts", "8",
                                "--kappas", "0,1", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
     models = results["models"]
-    assert list(models) == ["rm", "rm-last-layer", "rm-ensemble", "vrm-ensemble"]
+    assert list(models) == ["rm", "rm-last-layer", "rm-ensemble", "vrm", "vrm-ensemble"]
     # its cost is what each is: the last layer is one fit, an ensemble one fit per member
     assert models["rm-last-layer"]["fits"] == 1 and models["rm-ensemble"]["fits"] == 2
+    assert models["vrm"]["fits"] == 1 and 0 < models["vrm"]["seconds"] < models["vrm-ensemble"]["seconds"]
+    # one VRM fit has a posterior sd of its own, where the point-estimate RM's is 0
+    assert models["vrm"]["ood"]["mean_sd"]["in_distribution"] > 0
+    assert models["rm"]["ood"]["mean_sd"]["in_distribution"] == 0
     for r in models.values():
         assert r["kappa"] in (0.0, 1.0) and r["gold"] == r["gold_by_kappa"][str(r["kappa"])]
         assert 0 <= r["test_accuracy"] <= 1 and r["test_log_loss"] > 0
