@@ -5,8 +5,9 @@ likelihood if it ever does.
     python experiments/learning_curve.py [--quick] [--data simulated-text,simulated]
                                          [--sizes 50,100,200,500,1000,all] [--seeds 5] [--members 3]
 
-The defaults take about 50 minutes on 2 cores (two worker processes); ``--quick`` (3 seeds, up to
-200 pairs, 300 steps) about 8, measured while another experiment shared the cores.
+The defaults took about 50 minutes on 2 cores (two worker processes) and ``--quick`` (3 seeds, up
+to 200 pairs, 300 steps) about 8, while another experiment shared the cores and VRM was the
+tempered preset, one fit per run; today's default VRM chooses its weight decay by five more.
 
 **Data.** ``simulated-text`` (MiniLM features; its shifted split is the filler-hack test) and
 ``simulated`` (the hidden-state simulator of ``pyro-vrm train --data simulated``). Every model is
