@@ -56,8 +56,28 @@ def check_swapping_priors(r):
             assert math.isfinite(bound)
 
 
+def check_simulation_based_calibration(r):
+    sbc = r["sbc"]
+    # The default: uniform ranks, a contracting margin, z-scores of sd near 1.
+    default = sbc["recommended"]
+    for quantity in ("w", "margin", "loglik"):
+        assert default[f"{quantity}_rank_pvalue"] > 1e-3, quantity
+    assert default["margin_contraction"] > 0.3 and abs(default["margin_zscore_sd"] - 1) < 0.15
+    assert -0.15 < default["margin_zscore_mean"] < 0  # truths slightly above q's draws, as its ECDF shows
+    # KL weight 0.01: contracts more than the posterior, too narrow, every rank test fails.
+    tempered = sbc["tempered"]
+    assert tempered["margin_contraction"] > default["margin_contraction"] and tempered["margin_zscore_sd"] > 1.5
+    assert max(tempered[f"{q}_rank_pvalue"] for q in ("w", "margin", "loglik")) < 1e-3
+    assert abs(tempered["margin_zscore_mean"]) > 3 * abs(default["margin_zscore_mean"])
+    # Untrained: contracts nothing, w passes as the prior's would, the margin does not know the winner.
+    untrained = sbc["untrained"]
+    assert untrained["margin_contraction"] < 0.05 and untrained["w_rank_pvalue"] > 1e-3
+    assert untrained["margin_rank_pvalue"] < 1e-6 and untrained["margin_zscore_mean"] < -0.1
+
+
 CHECKS = {"01_svi_experiment": check_svi_experiment, "02_posterior_diagnostics": check_posterior_diagnostics,
-          "03_swapping_priors": check_swapping_priors}
+          "03_swapping_priors": check_swapping_priors,
+          "04_simulation_based_calibration": check_simulation_based_calibration}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
