@@ -41,11 +41,14 @@ SHARED = {"hh": HH, "uf": UF}
 
 # name -> (model kind, preset): the models an experiment can compare
 MODELS = {"vrm": ("vrm", "recommended"), "vrm-tempered": ("vrm", "tempered"), "vrm-auto": ("vrm", "tempered"),
-          "vrm-paper": ("vrm", "paper"), "rm": ("rm", "recommended"), "rm-tuned": ("rm-tuned", "recommended"),
-          "rm-temperature": ("rm-temperature", "recommended"), "twin": ("twin", "recommended")}
+          "vrm-folds": ("vrm", "recommended"), "vrm-paper": ("vrm", "paper"), "rm": ("rm", "recommended"),
+          "rm-tuned": ("rm-tuned", "recommended"), "rm-temperature": ("rm-temperature", "recommended"),
+          "twin": ("twin", "recommended")}
+# what a model changes from its preset's TrainConfig
+OVERRIDES = {"vrm-auto": {"kl_weight": "auto"}, "vrm-folds": {"validation_folds": 3, "validation_patience": 20}}
 LABELS = {"vrm": "VRM", "vrm-tempered": "VRM, KL weight 0.01", "vrm-auto": "VRM, KL weight chosen on validation",
-          "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
-          "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
+          "vrm-folds": "VRM, weight decay chosen on 3 folds", "vrm-paper": "VRM, paper's objective", "rm": "RM",
+          "rm-tuned": "RM, tuned weight decay", "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
 
 
 def parser(description: str, steps: int = 1000, seeds: int | None = 1,
@@ -95,9 +98,7 @@ def configs(name: str, seed: int = 0, steps: int = 1000, log_every: int = 50,
     """The configurations of model ``name`` of :data:`MODELS`: its preset, then the overrides."""
     train = TrainConfig(steps=steps, seed=seed, log_every=log_every, checkpoint_every=steps)
     model, train = preset(MODELS[name][1], model_config, train)
-    if name == "vrm-auto":
-        train = replace(train, kl_weight="auto")
-    return model, replace(train, **train_overrides)
+    return model, replace(train, **{**OVERRIDES.get(name, {}), **train_overrides})
 
 
 def curve(name: str, data: dict, out: Path, seed: int = 0, steps: int = 1000, log_every: int = 50,

@@ -24,7 +24,8 @@ _PUBLIC = {
     "sample_responses": "simulated_text", "true_reward": "simulated_text",
     # features
     "Backbone": "backbone", "resolve_backbone": "backbone", "PreferenceFeatures": "features",
-    "PairBatch": "features", "validation_split": "features", "split_by_prompt": "features",
+    "PairBatch": "features", "validation_split": "features", "validation_folds": "features",
+    "split_by_prompt": "features",
     "TextPairs": "finetune", "add_lora": "finetune", "trainable_parameters": "finetune",
     "load_text_pairs": "pipeline", "load_backbone": "pipeline", "text_features": "pipeline",
     "load_text_features": "pipeline", "split_text": "pipeline",

@@ -132,11 +132,17 @@ class TrainConfig:
     validate_every: int = field(default=10, metadata=option(
         "steps between scores of the validation pairs where a setting is chosen on them (auto, the tuned RM): "
         "the chosen stopping step is a multiple of it or the last step"))
+    validation_folds: int = field(default=1, metadata=option(
+        "where a setting is chosen on validation pairs (auto, the tuned RM, the RM's temperature): 1 holds out a "
+        "fifth of the training prompts once; K > 1 holds out each of K groups of the prompts in turn and averages "
+        "the scores, K times the validation fits for a less noisy choice"))
+    validation_patience: int = field(default=0, metadata=option(
+        "end a validation fit once its validation score has not improved for this many scores (0: run every step)"))
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints"))
 
     def __post_init__(self):
         check_positive(self, "steps", "batch_size", "lr", "clip_norm", "sup_temperature",
-                       "num_particles", "log_every", "validate_every", "checkpoint_every")
+                       "num_particles", "log_every", "validate_every", "validation_folds", "checkpoint_every")
         if isinstance(self.kl_weight, str):
             if self.kl_weight != "auto":
                 raise ConfigError(f"--kl-weight must be a positive number or auto, got {self.kl_weight!r}")
@@ -146,7 +152,7 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be a number >= 0 or auto, got {self.weight_decay!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        for name in ("lambda_sup", "weight_decay"):
+        for name in ("lambda_sup", "weight_decay", "validation_patience"):
             if not isinstance(getattr(self, name), str) and getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         check_choice(self, "sup_loss")

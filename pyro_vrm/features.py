@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["PreferenceFeatures", "PairBatch", "check_pair_rows", "split_by_prompt", "validation_split"]
+__all__ = ["PreferenceFeatures", "PairBatch", "check_pair_rows", "split_by_prompt", "validation_split",
+           "validation_folds"]
 
 
 class PairBatch(NamedTuple):
@@ -127,3 +128,23 @@ def validation_split(table, fraction: float, seed: int):
     """
     index = split_by_prompt(table.prompt_id, fraction, seed)
     return table.select(index["train"]), table.select(index["test"])
+
+
+def validation_folds(table, folds: int, fraction: float, seed: int) -> list[tuple]:
+    """[(fitting pairs, validation pairs)] of a training table, prompts held out whole: with one
+    fold, :func:`validation_split`'s (``fraction`` of the prompts held out); with K > 1, the
+    prompts in K random groups of near-equal size, each held out in turn (``fraction`` unused).
+
+    Examples:
+        >>> f = PreferenceFeatures(torch.zeros(8, 2), torch.zeros(8, 2), torch.ones(8, 2), torch.arange(8) // 2)
+        >>> [[len(part) for part in fold] for fold in validation_folds(f, 2, 0.25, seed=0)]
+        [[4, 4], [4, 4]]
+    """
+    if folds == 1:
+        return [validation_split(table, fraction, seed)]
+    prompts = table.prompt_id.unique()
+    if folds > len(prompts):
+        raise ValueError(f"--validation-folds {folds} exceeds the {len(prompts)} prompts of the training pairs")
+    order = prompts[torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))]
+    held = [torch.isin(table.prompt_id, group) for group in order.tensor_split(folds)]
+    return [(table.select((~h).nonzero().squeeze(-1)), table.select(h.nonzero().squeeze(-1))) for h in held]

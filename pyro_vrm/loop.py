@@ -34,7 +34,7 @@ from .config import ConfigError, TrainConfig
 from .features import PairBatch
 from .runs import RunDir
 
-__all__ = ["NonFiniteLoss", "TrainingInterrupted", "Checkpointing", "process_state", "seed_everything",
+__all__ = ["NonFiniteLoss", "TrainingInterrupted", "StopTraining", "Checkpointing", "process_state", "seed_everything",
            "minibatches", "optimize"]
 
 
@@ -44,6 +44,11 @@ class NonFiniteLoss(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM stopped the run after a step; the message names the step and the checkpoint."""
+
+
+class StopTraining(Exception):
+    """Raised by a monitor to end the fit after the step it measured, on every process: a
+    validation fit whose score has stopped improving."""
 
 
 def process_state() -> PartialState:
@@ -155,7 +160,8 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
     and the backbone's LoRA adapters train too, and are checkpointed. ``metrics(batch)``,
     called on the main process after every ``log_every``-th step, reads that step's loss terms
     from the loss module and returns the record to log, to which ``monitor()`` adds its own (with
-    the random streams restored after it, so that measuring leaves the fit as it was).
+    the random streams restored after it, so that measuring leaves the fit as it was); a monitor
+    that raises :class:`StopTraining` ends the loop after that step, on every process.
     Returns when the loop ends; the parameters are updated in place.
     """
     # Full precision whatever mixed precision the process's shared accelerate state holds (a TRL
@@ -203,8 +209,13 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
+            stopping = False
             if main and (step % cfg.log_every == 0 or step == cfg.steps):
-                record = {"step": step, **metrics(batch), **(_isolated(monitor) if monitor else {})}
+                try:
+                    measured = _isolated(monitor) if monitor else {}
+                except StopTraining:
+                    measured, stopping = {}, True
+                record = {"step": step, **metrics(batch), **measured}
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
                 if ckpt is not None:
                     ckpt.run.log_metrics(record)
@@ -212,9 +223,12 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
                 save(step)
                 last_good = step
             bar.update()
-            if _any(accelerator, sigterm.received):
-                if last_good != step:
-                    save(step)
+            interrupted, stopping = _any(accelerator, sigterm.received, stopping)
+            if (interrupted or stopping) and last_good != step:
+                save(step)
+            if stopping and not interrupted:
+                break
+            if interrupted:
                 bar.close()
                 where = f"; checkpoint in {ckpt.run.checkpoint_dir}, continue with --resume" if ckpt else ""
                 raise TrainingInterrupted(f"SIGTERM received: stopped after step {step}{where}")
@@ -252,11 +266,13 @@ def _to(batch: PairBatch, device: torch.device) -> PairBatch:
     return PairBatch(*(None if t is None else t.to(device) for t in batch))
 
 
-def _any(accelerator: Accelerator, flag: bool) -> bool:
-    """Whether ``flag`` is set on any process (so that every process stops at the same step)."""
+def _any(accelerator: Accelerator, *flags: bool) -> tuple[bool, ...]:
+    """Whether each of ``flags`` is set on any process (so that every process stops at the same
+    step), in one collective."""
     if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum") > 0)
+        return flags
+    total = accelerator.reduce(torch.tensor([float(f) for f in flags], device=accelerator.device), "sum")
+    return tuple(bool(t > 0) for t in total)
 
 
 def _restore(ckpt: Checkpointing, optimizer: torch.optim.Optimizer, backbone) -> int:

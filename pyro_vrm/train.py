@@ -17,8 +17,8 @@ from accelerate.utils import broadcast_object_list
 
 from .baseline import BradleyTerryLoss, RewardHead, fit_temperature
 from .config import ModelConfig, TrainConfig
-from .features import PreferenceFeatures, validation_split
-from .loop import Checkpointing, optimize, seed_everything
+from .features import PreferenceFeatures, validation_folds
+from .loop import Checkpointing, StopTraining, optimize, seed_everything
 from .metrics import pairwise_accuracy
 from .model import Priors
 from .objective import VRMLoss, VRMObjective, make_elbo, step_metrics
@@ -144,8 +144,12 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
     with it to the training pairs less a ``validation_fraction`` of their prompts, scored every
     ``validate_every`` steps on those held-out pairs by the mean log posterior predictive P(chosen wins)
     (``validation_log_lik``), and reported at its best step (``steps``, early stopping, as the
-    tuned RM's) with the accuracy there. A conditional prior is fitted by marginal likelihood and
-    overfits a small data set as the RM does; its weight decay is chosen this way (DESIGN.md 3c).
+    tuned RM's) with the accuracy there and the last step scored (``last_scored_step``: before the
+    last step where ``validation_patience`` ended the fit). With ``validation_folds`` K > 1, each of
+    K groups of the prompts is held out in turn and the scores at each step are averaged over the
+    K fits. A
+    conditional prior is fitted by marginal likelihood and overfits a small data set as the RM
+    does; its weight decay is chosen this way (DESIGN.md 3c).
     """
     from .evaluate import _log_loss, predict  # evaluation reads fits; fitting needs it only here
 
@@ -154,20 +158,21 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
         raise ValueError(f"{flag} auto needs cached hidden states (--finetune none): it scores validation fits "
                          f"through a frozen backbone's states; with --finetune lora give {flag} a number (a "
                          f"--finetune none fit of the same data records the one it chose in its summary)")
-    fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
+    folds = validation_folds(train, train_config.validation_folds, validation_fraction, train_config.seed)
 
-    def score(vrm) -> tuple[float, float]:
+    def score(vrm, validation) -> tuple[float, float]:
         predictions = predict(vrm, validation)
         return -_log_loss(predictions.prob_chosen), float(predictions.correct.mean())
 
     table = []
     for value in grid:
         config = replace(train_config, **{setting: value}, log_every=train_config.validate_every)
-        scored = _scored_at_logged_steps(
-            lambda monitor: fit_vrm(fit_part, model_config, config, priors, progress=False, monitor=monitor),
-            score, config)
+        scored = _averaged([_scored_at_logged_steps(
+            lambda monitor, part=part: fit_vrm(part, model_config, config, priors, progress=False, monitor=monitor),
+            lambda vrm, held=held: score(vrm, held), config) for part, held in folds])
         (log_lik, accuracy), step = max(scored, key=lambda pair: pair[0][0])
-        table.append({setting: value, "steps": step, "validation_log_lik": log_lik, "validation_accuracy": accuracy})
+        table.append({setting: value, "steps": step, "validation_log_lik": log_lik, "validation_accuracy": accuracy,
+                      "last_scored_step": scored[-1][1]})
     return table
 
 
@@ -175,18 +180,30 @@ def _scored_at_logged_steps(fit: Callable[[Callable], object],
                             score: Callable[[torch.nn.Module], tuple[float, float]],
                             config: TrainConfig) -> list[tuple[tuple[float, float], int]]:
     """Run ``fit(monitor)``, whose monitor scores the model at every logged step of ``config``
-    (``log_every`` is the validation cadence here):
+    (``log_every`` is the validation cadence here) and ends the fit once the log-likelihood has not
+    improved for ``validation_patience`` scores (if set):
     [((validation log-likelihood, accuracy), step)] in order."""
     scores = []
 
     def monitor(model) -> dict:
         scores.append(score(model))
+        best = max(range(len(scores)), key=lambda i: scores[i][0])
+        if config.validation_patience and len(scores) - 1 - best >= config.validation_patience:
+            raise StopTraining
         return {}
 
     fit(monitor)
     if PartialState().num_processes > 1:  # the monitor runs on the main process: all choose as it does
         scores = broadcast_object_list([scores])[0]
     return [(s, min(config.log_every * (i + 1), config.steps)) for i, s in enumerate(scores)]
+
+
+def _averaged(curves: list[list[tuple[tuple[float, float], int]]]) -> list[tuple[tuple[float, float], int]]:
+    """The folds' scored curves averaged step by step, up to the step where the first to stop
+    stopped."""
+    length = min(len(curve) for curve in curves)
+    return [(tuple(sum(curve[i][0][j] for curve in curves) / len(curves) for j in range(2)), curves[0][i][1])
+            for i in range(length)]
 
 
 def _stopped_early(config: TrainConfig, steps: int, **values) -> TrainConfig:
@@ -271,21 +288,22 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
                            resume: bool = False) -> tuple[RewardHead, list[dict]]:
     """The RM with its weight decay and its number of steps (early stopping) chosen on
     validation pairs: each decay in ``grid`` is fitted to the training pairs less a
-    ``validation_fraction`` of their prompts, scored every ``validate_every`` steps by the held-out
+    ``validation_fraction`` of their prompts (or each of ``validation_folds`` groups in turn,
+    averaged), scored every ``validate_every`` steps by the held-out
     log-likelihood of the preferences (accuracy breaks ties), and the best (decay, step) is
     refitted on all of ``train`` for that many steps, on the first steps of the same learning-rate
     schedule. Returns the refitted head and the selection table (one row per decay, at its best
     step)."""
-    fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
+    folds = validation_folds(train, train_config.validation_folds, validation_fraction, train_config.seed)
     table = []
     for decay in grid:
         config = replace(train_config, weight_decay=decay, log_every=train_config.validate_every)
-        scored = _scored_at_logged_steps(
-            lambda monitor: fit_reward_model(fit_part, model_config, config, progress=False, monitor=monitor),
-            lambda head: validation_log_likelihood(head, validation), config)
+        scored = _averaged([_scored_at_logged_steps(
+            lambda monitor, part=part: fit_reward_model(part, model_config, config, progress=False, monitor=monitor),
+            lambda head, held=held: validation_log_likelihood(head, held), config) for part, held in folds])
         (log_lik, accuracy), step = max(scored, key=lambda pair: pair[0])
         table.append({"weight_decay": decay, "steps": step, "validation_log_lik": log_lik,
-                      "validation_accuracy": accuracy})
+                      "validation_accuracy": accuracy, "last_scored_step": scored[-1][1]})
     best = max(table, key=lambda row: (row["validation_log_lik"], row["validation_accuracy"]))
     chosen = _stopped_early(train_config, best["steps"], weight_decay=best["weight_decay"])
     head = fit_reward_model(train, model_config, chosen, run=run, progress=progress, monitor=monitor, resume=resume)
@@ -299,18 +317,20 @@ def fit_temperature_scaled_reward_model(train: PreferenceFeatures, model_config:
                                         resume: bool = False) -> tuple[RewardHead, dict]:
     """The RM with a temperature fitted on validation pairs (Guo et al. 2017), the cheap rival of
     a calibrated posterior: the head is fitted to the training pairs less a
-    ``validation_fraction`` of their prompts, T minimizes the log loss of its validation margins
+    ``validation_fraction`` of their prompts (or to each of ``validation_folds`` groups' complement,
+    their held-out margins pooled), T minimizes the log loss of the validation margins
     (:func:`pyro_vrm.baseline.fit_temperature`), and the head refitted on all of ``train`` with
     the same configuration divides its rewards by T. Returns the head and the selection
     (temperature, validation log-likelihood before and after)."""
-    fit_part, validation = validation_split(train, validation_fraction, train_config.seed)
-    head = fit_reward_model(fit_part, model_config, train_config, progress=False)
-    with torch.no_grad():
-        margins = head(validation.prompt_state, validation.chosen_state) \
-            - head(validation.prompt_state, validation.rejected_state)
-    log_lik, _ = validation_log_likelihood(head, validation)
-    head.temperature = temperature = fit_temperature(margins)
-    scaled_log_lik, _ = validation_log_likelihood(head, validation)
+    margins = []
+    for part, held in validation_folds(train, train_config.validation_folds, validation_fraction, train_config.seed):
+        head = fit_reward_model(part, model_config, train_config, progress=False)
+        with torch.no_grad():
+            margins.append(head(held.prompt_state, held.chosen_state) - head(held.prompt_state, held.rejected_state))
+    margins = torch.cat(margins)
+    log_lik = float(torch.nn.functional.logsigmoid(margins).mean())
+    temperature = fit_temperature(margins)
+    scaled_log_lik = float(torch.nn.functional.logsigmoid(margins / temperature).mean())
     selection = {"temperature": temperature, "validation_log_lik": log_lik, "validation_log_lik_scaled": scaled_log_lik}
     head = fit_reward_model(train, model_config, train_config, run=run, progress=progress, monitor=monitor,
                             resume=resume, temperature=temperature)

@@ -3,6 +3,7 @@
 import importlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,17 @@ def test_population_concentration_matches_a_dirichlets_mean_and_spread(scripts):
     alpha = torch.tensor([0.5, 1.0, 3.0])
     draws = torch.distributions.Dirichlet(alpha).sample((40000,))
     assert torch.tensor(scripts["learning_curve"].population_concentration(draws)) == pytest.approx(alpha, rel=0.05)
+
+
+def test_each_model_is_its_preset_with_its_own_overrides_under_the_callers(scripts):
+    common = sys.modules["common"]
+    assert set(common.LABELS) == set(common.MODELS) >= set(common.OVERRIDES)
+    _, auto = common.configs("vrm-auto", seed=2, steps=50)
+    assert (auto.kl_weight, auto.weight_decay, auto.seed, auto.steps) == ("auto", 0.0, 2, 50)  # tempered, beta chosen
+    _, folds = common.configs("vrm-folds")
+    assert (folds.validation_folds, folds.validation_patience, folds.weight_decay) == (3, 20, "auto")
+    assert common.configs("vrm")[1] == replace(folds, validation_folds=1, validation_patience=0)
+    assert common.configs("vrm-folds", validation_folds=5)[1].validation_folds == 5  # the caller's word is last
 
 
 def test_real_data_in_worker_processes_matches_one_process(scripts, tmp_path):

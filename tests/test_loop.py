@@ -171,6 +171,25 @@ def test_a_monitor_that_draws_leaves_the_fit_as_it_was(small_data):
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), monitored.parameters()))
 
 
+def test_a_monitor_that_raises_stop_training_ends_the_fit_after_that_step(small_data, tmp_path):
+    from pyro_vrm.loop import StopTraining
+    snapshots = []
+
+    def monitor(vrm) -> dict:
+        snapshots.append([p.detach().clone() for p in vrm.parameters()])
+        if len(snapshots) == 3:
+            raise StopTraining
+        return {"scored": len(snapshots)}
+
+    cfg = TrainConfig(steps=40, batch_size=64, log_every=5, checkpoint_every=40, weight_decay=0.0)
+    run = RunDir(tmp_path)
+    vrm, _ = fit_vrm(small_data.train, train_config=cfg, run=run, progress=False, monitor=monitor)
+    assert len(snapshots) == 3  # no step after the one whose monitor raised
+    assert all(torch.equal(p, q) for p, q in zip(vrm.parameters(), snapshots[-1]))
+    assert [(r["step"], r.get("scored")) for r in run.read_metrics()] == [(5, 1), (10, 2), (15, None)]
+    assert checkpoint(tmp_path)["step"] == 15  # the state it stopped in is the one saved
+
+
 def test_a_half_written_metrics_line_is_dropped_on_resume(tmp_path):
     run = RunDir(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"st')
@@ -229,9 +248,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 def test_two_processes_choose_the_default_weight_decay_together(tmp_path):
-    # The validation scores are taken on the main process; every process must refit the same choice.
-    summary = launch_two(*SMALL[:-2], "--steps", "30", "--batch-size", "128", "--out", str(tmp_path / "auto"))
+    # The validation scores are taken, and a validation fit is ended by its patience, on the main
+    # process; every process must stop where it does and refit the same choice.
+    summary = launch_two(*SMALL[:-2], "--steps", "40", "--batch-size", "128", "--validate-every", "5",
+                         "--validation-patience", "1", "--out", str(tmp_path / "auto"))
     table = summary["weight_decay_selection"]
+    assert all(row["last_scored_step"] in (40, row["steps"] + 5) for row in table)
+    assert any(row["last_scored_step"] < 40 for row in table)
     assert [row["weight_decay"] for row in table] == list(WEIGHT_DECAY_GRID)
     best = max(table, key=lambda row: (row["validation_log_lik"], row["weight_decay"]))
     assert summary["weight_decay"] == best["weight_decay"]

@@ -16,9 +16,10 @@ from pyro_vrm.posterior import pair_posterior, reward_posterior
 from pyro_vrm.runs import RunDir
 from pyro_vrm.simulation import SimulationConfig, simulate
 from pyro_vrm.fits import load_fit
-from pyro_vrm.features import PreferenceFeatures
+from pyro_vrm.features import PreferenceFeatures, validation_folds, validation_split
 from pyro_vrm.train import (KL_WEIGHT_GRID, WEIGHT_DECAY_GRID, fit_reward_model, fit_temperature_scaled_reward_model,
-                            fit_tuned_reward_model, fit_twin, fit_vrm, select_kl_weight, supervision_setup)
+                            fit_tuned_reward_model, fit_twin, fit_vrm, select_kl_weight, supervision_setup,
+                            validation_log_likelihood)
 from pyro_vrm.vrm import VRM, load_vrm
 
 # Most tests here check the fitting machinery on the fixed-prior model of the tempered preset,
@@ -210,6 +211,48 @@ def test_the_tuned_rm_refits_the_decay_and_steps_that_validation_prefers(small_d
     assert all(torch.equal(a, b) for a, b in zip(head.parameters(), refit.parameters()))
     # a decay of 1 shrinks every weight towards 0: the rewards flatten and validation sees it
     assert table[1]["validation_log_lik"] < table[0]["validation_log_lik"]
+
+
+def test_k_validation_folds_hold_out_every_prompt_once_and_average_their_scores(small_data):
+    train = small_data.train
+    folds = validation_folds(train, 3, 0.2, seed=0)
+    held_prompts = [held.prompt_id.unique() for _, held in folds]
+    assert sorted(torch.cat(held_prompts).tolist()) == train.prompt_id.unique().tolist()  # each prompt once
+    assert max(map(len, held_prompts)) - min(map(len, held_prompts)) <= 1
+    assert all(len(part) + len(held) == len(train) for part, held in folds)
+    one = validation_folds(train, 1, 0.2, seed=0)[0]
+    assert all(torch.equal(a.prompt_id, b.prompt_id) for a, b in zip(one, validation_split(train, 0.2, seed=0)))
+    with pytest.raises(ValueError, match="--validation-folds 1000 exceeds the"):
+        validation_folds(train, 1000, 0.2, seed=0)
+    # a row's score is the mean over the folds of each fold's fit scored at that step
+    config = quick(steps=60, validate_every=20, validation_folds=2)
+    _, table = fit_tuned_reward_model(train, SMALL, config, grid=(0.0,))
+    row = table[0]
+    scores = [validation_log_likelihood(fit_reward_model(part, SMALL, replace(
+        config, steps=row["steps"], weight_decay=0.0, lr_decay=config.lr_decay ** (row["steps"] / 60)),
+        progress=False), held)[0] for part, held in validation_folds(train, 2, 0.2, seed=0)]
+    assert row["validation_log_lik"] == pytest.approx(sum(scores) / 2, abs=1e-6)
+    # pooled out-of-fold margins choose the RM's temperature
+    head, selection = fit_temperature_scaled_reward_model(train.select(torch.arange(150)), SMALL,
+                                                          quick(steps=300, lr=1e-2, validation_folds=3), progress=False)
+    assert head.temperature == selection["temperature"] > 1
+    assert selection["validation_log_lik_scaled"] >= selection["validation_log_lik"]
+
+
+def test_validation_patience_ends_a_validation_fit_that_stopped_improving(small_data):
+    from pyro_vrm.train import _scored_at_logged_steps
+    script = iter([0.1, 0.3, 0.2, 0.25, 0.3, 0.9, 1.0])  # validation log-likelihoods, best at the 2nd
+    config = quick(steps=70, log_every=10, validation_patience=3)
+    scored = _scored_at_logged_steps(
+        lambda monitor: fit_reward_model(small_data.train, SMALL, config, progress=False, monitor=monitor),
+        lambda head: (next(script), 0.5), config)
+    # three scores after the best without beating it (a tie does not), then no more steps
+    assert [(s[0], step) for s, step in scored] == [(0.1, 10), (0.3, 20), (0.2, 30), (0.25, 40), (0.3, 50)]
+    unlimited = replace(config, validation_patience=0)
+    script = iter([0.1, 0.3, 0.2, 0.25, 0.3, 0.9, 1.0])
+    assert len(_scored_at_logged_steps(
+        lambda monitor: fit_reward_model(small_data.train, SMALL, unlimited, progress=False, monitor=monitor),
+        lambda head: (next(script), 0.5), unlimited)) == 7
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(small_data, tmp_path, monkeypatch):
