@@ -6,8 +6,9 @@ Every script runs with no arguments on the offline default (MiniLM features of s
 ../shared/data), ``--backbone`` any transformers model. The models compared are named as in
 :data:`MODELS`: ``vrm`` (the package default, the recommended preset), ``vrm-tempered`` (fixed
 priors, KL weight 0.01), ``vrm-auto`` (fixed priors, ``--kl-weight auto``), ``vrm-paper`` (the
-paper's objective), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM with a temperature fitted on
-validation pairs) and ``twin``.
+paper's objective), ``vrm-folds`` (the default, its weight decay chosen on folds of the training
+prompts: :data:`OVERRIDES`), ``rm``, ``rm-tuned``, ``rm-temperature`` (the RM with a temperature
+fitted on validation pairs) and ``twin``.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ MODELS = {"vrm": ("vrm", "recommended"), "vrm-tempered": ("vrm", "tempered"), "v
           "rm-tuned": ("rm-tuned", "recommended"), "rm-temperature": ("rm-temperature", "recommended"),
           "twin": ("twin", "recommended")}
 # what a model changes from its preset's TrainConfig
-OVERRIDES = {"vrm-auto": {"kl_weight": "auto"}, "vrm-folds": {"validation_folds": 3, "validation_patience": 20}}
+OVERRIDES = {"vrm-auto": {"kl_weight": "auto"}, "vrm-folds": {"validation_folds": 5, "validation_patience": 20}}
 LABELS = {"vrm": "VRM", "vrm-tempered": "VRM, KL weight 0.01", "vrm-auto": "VRM, KL weight chosen on validation",
-          "vrm-folds": "VRM, weight decay chosen on 3 folds", "vrm-paper": "VRM, paper's objective", "rm": "RM",
-          "rm-tuned": "RM, tuned weight decay", "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
+          "vrm-folds": f"VRM, weight decay chosen on {OVERRIDES['vrm-folds']['validation_folds']} folds",
+          "vrm-paper": "VRM, paper's objective", "rm": "RM", "rm-tuned": "RM, tuned weight decay",
+          "rm-temperature": "RM, temperature-scaled", "twin": "twin"}
 
 
 def parser(description: str, steps: int = 1000, seeds: int | None = 1,

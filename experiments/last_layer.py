@@ -90,8 +90,8 @@ def fit_all(args, fit_part, held, out) -> tuple[dict[str, Scorer], dict]:
         members = [fit(kind, 0)]
         if kind == "vrm":  # one fit, its sd the posterior's own: the first member alone
             one = members[0]
-            scorers["vrm"] = Scorer(lambda p, r: reward_mean_sd(one, p, r), lambda f: predict(one, f).prob_chosen,
-                                    1, time.perf_counter() - started)
+            scorers["vrm"] = Scorer(lambda p, r, m=one: reward_mean_sd(m, p, r),
+                                    lambda f, m=one: predict(m, f).prob_chosen, 1, time.perf_counter() - started)
         members += [fit(kind, s) for s in range(1, args.members)]
         ensemble = Ensemble(members).standardize(*reference)
         scorers[f"{kind}-ensemble"] = Scorer(
@@ -109,6 +109,7 @@ def scores(scorer: Scorer, cands: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def measure(args, scorer: Scorer, test, backbone, val, cands, test_prompts) -> dict:
+    torch.manual_seed(args.sample_seed)  # every model's posterior draws from the same stream, whatever came before
     prob = scorer.prob_chosen(test).double()
     ood = ood_aurocs(lambda p, r: scorer.mean_sd(*backbone.encode(p, r)[:2]), test_prompts, args.ood_texts,
                      seed=args.sample_seed)

@@ -7,7 +7,7 @@ likelihood if it ever does.
 
 The defaults took about 50 minutes on 2 cores (two worker processes) and ``--quick`` (3 seeds, up
 to 200 pairs, 300 steps) about 8, while another experiment shared the cores and VRM was the
-tempered preset, one fit per run; today's default VRM chooses its weight decay by five more.
+tempered preset, one fit per run; today's default VRM fits once more after five validation fits.
 
 **Data.** ``simulated-text`` (MiniLM features; its shifted split is the filler-hack test) and
 ``simulated`` (the hidden-state simulator of ``pyro-vrm train --data simulated``). Every model is

@@ -18,8 +18,8 @@ what it buys the side that carries it; the rest of the drop is the cost of pertu
                                     [--models vrm,vrm-tempered,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
 Both files are in ../shared/data; a data set whose file is absent is skipped with a message.
-``--models vrm-folds`` adds the default VRM with its weight decay chosen on 3 folds of the training
-prompts (``--validation-folds 3 --validation-patience 20``).
+Add ``vrm-folds`` to ``--models`` for the default VRM with its weight decay chosen on folds of the
+training prompts (``common.OVERRIDES``).
 """
 
 from __future__ import annotations

@@ -134,10 +134,12 @@ class TrainConfig:
         "the chosen stopping step is a multiple of it or the last step"))
     validation_folds: int = field(default=1, metadata=option(
         "where a setting is chosen on validation pairs (auto, the tuned RM, the RM's temperature): 1 holds out a "
-        "fifth of the training prompts once; K > 1 holds out each of K groups of the prompts in turn and averages "
-        "the scores, K times the validation fits for a less noisy choice"))
+        "fifth of the training prompts once; K > 1 holds out each of K groups of the prompts in turn, each fit "
+        "seeing (K - 1) / K of them, and averages the scores step by step (the temperature: pools the held-out "
+        "margins), K times the validation fits for a less noisy choice; 5 fits on as many prompts as 1"))
     validation_patience: int = field(default=0, metadata=option(
-        "end a validation fit once its validation score has not improved for this many scores (0: run every step)"))
+        "end a validation fit (auto, the tuned RM) once its validation score has not improved for this many "
+        "scores, --validate-every steps apart (0: run every step)"))
     checkpoint_every: int = field(default=500, metadata=option("steps between checkpoints"))
 
     def __post_init__(self):

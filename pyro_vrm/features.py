@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from .config import ConfigError
+
 __all__ = ["PreferenceFeatures", "PairBatch", "check_pair_rows", "split_by_prompt", "validation_split",
            "validation_folds"]
 
@@ -133,7 +135,8 @@ def validation_split(table, fraction: float, seed: int):
 def validation_folds(table, folds: int, fraction: float, seed: int) -> list[tuple]:
     """[(fitting pairs, validation pairs)] of a training table, prompts held out whole: with one
     fold, :func:`validation_split`'s (``fraction`` of the prompts held out); with K > 1, the
-    prompts in K random groups of near-equal size, each held out in turn (``fraction`` unused).
+    prompts in K random groups of near-equal size, each held out in turn, so that each fit sees
+    (K - 1) / K of them (``fraction`` unused).
 
     Examples:
         >>> f = PreferenceFeatures(torch.zeros(8, 2), torch.zeros(8, 2), torch.ones(8, 2), torch.arange(8) // 2)
@@ -144,7 +147,7 @@ def validation_folds(table, folds: int, fraction: float, seed: int) -> list[tupl
         return [validation_split(table, fraction, seed)]
     prompts = table.prompt_id.unique()
     if folds > len(prompts):
-        raise ValueError(f"--validation-folds {folds} exceeds the {len(prompts)} prompts of the training pairs")
+        raise ConfigError(f"--validation-folds {folds} exceeds the {len(prompts)} prompts of the training pairs")
     order = prompts[torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))]
     held = [torch.isin(table.prompt_id, group) for group in order.tensor_split(folds)]
     return [(table.select((~h).nonzero().squeeze(-1)), table.select(h.nonzero().squeeze(-1))) for h in held]

@@ -48,7 +48,12 @@ class TrainingInterrupted(RuntimeError):
 
 class StopTraining(Exception):
     """Raised by a monitor to end the fit after the step it measured, on every process: a
-    validation fit whose score has stopped improving."""
+    validation fit whose score has stopped improving. ``measured``: the monitor's record of that
+    step, logged as any other."""
+
+    def __init__(self, measured: dict | None = None):
+        super().__init__("the monitor ended the fit")
+        self.measured = measured or {}
 
 
 def process_state() -> PartialState:
@@ -213,8 +218,8 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
             if main and (step % cfg.log_every == 0 or step == cfg.steps):
                 try:
                     measured = _isolated(monitor) if monitor else {}
-                except StopTraining:
-                    measured, stopping = {}, True
+                except StopTraining as stop:
+                    measured, stopping = stop.measured, True
                 record = {"step": step, **metrics(batch), **measured}
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
                 if ckpt is not None:

@@ -144,12 +144,12 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
     with it to the training pairs less a ``validation_fraction`` of their prompts, scored every
     ``validate_every`` steps on those held-out pairs by the mean log posterior predictive P(chosen wins)
     (``validation_log_lik``), and reported at its best step (``steps``, early stopping, as the
-    tuned RM's) with the accuracy there and the last step scored (``last_scored_step``: before the
-    last step where ``validation_patience`` ended the fit). With ``validation_folds`` K > 1, each of
-    K groups of the prompts is held out in turn and the scores at each step are averaged over the
-    K fits. A
-    conditional prior is fitted by marginal likelihood and overfits a small data set as the RM
-    does; its weight decay is chosen this way (DESIGN.md 3c).
+    tuned RM's) with the accuracy there and ``last_scored_step``, the last step scored (earlier
+    than the last step where ``validation_patience`` ended the fit). With ``validation_folds``
+    K > 1, each of K groups of the prompts is held out in turn and the scores are averaged step by
+    step over the K fits, up to the last step every fold reached. A conditional prior is fitted by
+    marginal likelihood and overfits a small data set as the RM does; its weight decay is chosen
+    this way (DESIGN.md 3c).
     """
     from .evaluate import _log_loss, predict  # evaluation reads fits; fitting needs it only here
 
@@ -199,8 +199,13 @@ def _scored_at_logged_steps(fit: Callable[[Callable], object],
 
 
 def _averaged(curves: list[list[tuple[tuple[float, float], int]]]) -> list[tuple[tuple[float, float], int]]:
-    """The folds' scored curves averaged step by step, up to the step where the first to stop
-    stopped."""
+    """The folds' scored curves averaged step by step, up to the last step every fold reached:
+    a fold that patience stopped early caps the choice for all.
+
+    Examples:
+        >>> _averaged([[((-0.7, 0.5), 10), ((-0.6, 0.6), 20)], [((-0.5, 0.7), 10)]])
+        [((-0.6, 0.6), 10)]
+    """
     length = min(len(curve) for curve in curves)
     return [(tuple(sum(curve[i][0][j] for curve in curves) / len(curves) for j in range(2)), curves[0][i][1])
             for i in range(length)]
@@ -322,15 +327,15 @@ def fit_temperature_scaled_reward_model(train: PreferenceFeatures, model_config:
     (:func:`pyro_vrm.baseline.fit_temperature`), and the head refitted on all of ``train`` with
     the same configuration divides its rewards by T. Returns the head and the selection
     (temperature, validation log-likelihood before and after)."""
-    margins = []
+    rewards = []  # (r_c, r_r) of each fold's held-out pairs under the head fitted without them
     for part, held in validation_folds(train, train_config.validation_folds, validation_fraction, train_config.seed):
         head = fit_reward_model(part, model_config, train_config, progress=False)
         with torch.no_grad():
-            margins.append(head(held.prompt_state, held.chosen_state) - head(held.prompt_state, held.rejected_state))
-    margins = torch.cat(margins)
-    log_lik = float(torch.nn.functional.logsigmoid(margins).mean())
-    temperature = fit_temperature(margins)
-    scaled_log_lik = float(torch.nn.functional.logsigmoid(margins / temperature).mean())
+            rewards.append((head(held.prompt_state, held.chosen_state), head(held.prompt_state, held.rejected_state)))
+    r_c, r_r = (torch.cat(side) for side in zip(*rewards))
+    log_lik = float(torch.nn.functional.logsigmoid(r_c - r_r).mean())
+    temperature = fit_temperature(r_c - r_r)
+    scaled_log_lik = float(torch.nn.functional.logsigmoid(r_c / temperature - r_r / temperature).mean())
     selection = {"temperature": temperature, "validation_log_lik": log_lik, "validation_log_lik_scaled": scaled_log_lik}
     head = fit_reward_model(train, model_config, train_config, run=run, progress=progress, monitor=monitor,
                             resume=resume, temperature=temperature)

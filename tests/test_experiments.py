@@ -155,7 +155,8 @@ def test_each_model_is_its_preset_with_its_own_overrides_under_the_callers(scrip
     _, auto = common.configs("vrm-auto", seed=2, steps=50)
     assert (auto.kl_weight, auto.weight_decay, auto.seed, auto.steps) == ("auto", 0.0, 2, 50)  # tempered, beta chosen
     _, folds = common.configs("vrm-folds")
-    assert (folds.validation_folds, folds.validation_patience, folds.weight_decay) == (3, 20, "auto")
+    assert (folds.validation_folds, folds.validation_patience, folds.weight_decay) == (5, 20, "auto")
+    assert common.LABELS["vrm-folds"] == "VRM, weight decay chosen on 5 folds"
     assert common.configs("vrm")[1] == replace(folds, validation_folds=1, validation_patience=0)
     assert common.configs("vrm-folds", validation_folds=5)[1].validation_folds == 5  # the caller's word is last
 
@@ -189,7 +190,7 @@ def test_last_layer_compares_one_nuts_fit_with_the_ensembles(scripts, small_text
     assert list(models) == ["rm", "rm-last-layer", "rm-ensemble", "vrm", "vrm-ensemble"]
     # its cost is what each is: the last layer is one fit, an ensemble one fit per member
     assert models["rm-last-layer"]["fits"] == 1 and models["rm-ensemble"]["fits"] == 2
-    assert models["vrm"]["fits"] == 1 and 0 < models["vrm"]["seconds"] < models["vrm-ensemble"]["seconds"]
+    assert models["vrm"]["fits"] == 1
     # one VRM fit has a posterior sd of its own, where the point-estimate RM's is 0
     assert models["vrm"]["ood"]["mean_sd"]["in_distribution"] > 0
     assert models["rm"]["ood"]["mean_sd"]["in_distribution"] == 0

@@ -178,7 +178,7 @@ def test_a_monitor_that_raises_stop_training_ends_the_fit_after_that_step(small_
     def monitor(vrm) -> dict:
         snapshots.append([p.detach().clone() for p in vrm.parameters()])
         if len(snapshots) == 3:
-            raise StopTraining
+            raise StopTraining({"scored": 3})  # what it measured at the last step is logged too
         return {"scored": len(snapshots)}
 
     cfg = TrainConfig(steps=40, batch_size=64, log_every=5, checkpoint_every=40, weight_decay=0.0)
@@ -186,7 +186,7 @@ def test_a_monitor_that_raises_stop_training_ends_the_fit_after_that_step(small_
     vrm, _ = fit_vrm(small_data.train, train_config=cfg, run=run, progress=False, monitor=monitor)
     assert len(snapshots) == 3  # no step after the one whose monitor raised
     assert all(torch.equal(p, q) for p, q in zip(vrm.parameters(), snapshots[-1]))
-    assert [(r["step"], r.get("scored")) for r in run.read_metrics()] == [(5, 1), (10, 2), (15, None)]
+    assert [(r["step"], r["scored"]) for r in run.read_metrics()] == [(5, 1), (10, 2), (15, 3)]
     assert checkpoint(tmp_path)["step"] == 15  # the state it stopped in is the one saved
 
 

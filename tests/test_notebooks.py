@@ -69,6 +69,11 @@ def check_simulation_based_calibration(r):
     assert tempered["margin_contraction"] > default["margin_contraction"] and tempered["margin_zscore_sd"] > 1.5
     assert max(tempered[f"{q}_rank_pvalue"] for q in ("w", "margin", "loglik")) < 1e-3
     assert abs(tempered["margin_zscore_mean"]) > 3 * abs(default["margin_zscore_mean"])
+    # a calibrated q puts 2 / (L + 1) of the margin ranks at 0 or L; the tempered one several times that,
+    # and most of its log-likelihood truths above all of its draws
+    at_ends = r["margin_ranks_at_0_or_L"]
+    assert at_ends["recommended"] < 0.04 < 3 * 0.04 < at_ends["tempered"]
+    assert r["loglik_ranks_at_L"]["tempered"] > 0.5 > 0.05 > r["loglik_ranks_at_L"]["recommended"]
     # Untrained: contracts nothing, w passes as the prior's would, the margin does not know the winner.
     untrained = sbc["untrained"]
     assert untrained["margin_contraction"] < 0.05 and untrained["w_rank_pvalue"] > 1e-3

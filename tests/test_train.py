@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import pyro_vrm.loop as loop_module
-from pyro_vrm.config import ModelConfig, TrainConfig, preset
+from pyro_vrm.baseline import fit_temperature
+from pyro_vrm.config import ConfigError, ModelConfig, TrainConfig, preset
 from pyro_vrm.evaluate import pearson, summarize
 from pyro_vrm.loop import NonFiniteLoss, minibatches
 from pyro_vrm.model import Priors
@@ -222,7 +223,7 @@ def test_k_validation_folds_hold_out_every_prompt_once_and_average_their_scores(
     assert all(len(part) + len(held) == len(train) for part, held in folds)
     one = validation_folds(train, 1, 0.2, seed=0)[0]
     assert all(torch.equal(a.prompt_id, b.prompt_id) for a, b in zip(one, validation_split(train, 0.2, seed=0)))
-    with pytest.raises(ValueError, match="--validation-folds 1000 exceeds the"):
+    with pytest.raises(ConfigError, match="--validation-folds 1000 exceeds the"):
         validation_folds(train, 1000, 0.2, seed=0)
     # a row's score is the mean over the folds of each fold's fit scored at that step
     config = quick(steps=60, validate_every=20, validation_folds=2)
@@ -232,11 +233,16 @@ def test_k_validation_folds_hold_out_every_prompt_once_and_average_their_scores(
         config, steps=row["steps"], weight_decay=0.0, lr_decay=config.lr_decay ** (row["steps"] / 60)),
         progress=False), held)[0] for part, held in validation_folds(train, 2, 0.2, seed=0)]
     assert row["validation_log_lik"] == pytest.approx(sum(scores) / 2, abs=1e-6)
-    # pooled out-of-fold margins choose the RM's temperature
-    head, selection = fit_temperature_scaled_reward_model(train.select(torch.arange(150)), SMALL,
-                                                          quick(steps=300, lr=1e-2, validation_folds=3), progress=False)
-    assert head.temperature == selection["temperature"] > 1
-    assert selection["validation_log_lik_scaled"] >= selection["validation_log_lik"]
+    # the RM's temperature is fitted to the margins of every fold's held-out pairs, pooled
+    few, config = train.select(torch.arange(150)), quick(steps=300, lr=1e-2, validation_folds=3)
+    head, selection = fit_temperature_scaled_reward_model(few, SMALL, config, progress=False)
+    margins = []
+    for part, held in validation_folds(few, 3, 0.2, seed=0):
+        fold = fit_reward_model(part, SMALL, config, progress=False)
+        with torch.no_grad():
+            margins.append(fold(held.prompt_state, held.chosen_state) - fold(held.prompt_state, held.rejected_state))
+    assert head.temperature == selection["temperature"] == pytest.approx(fit_temperature(torch.cat(margins)), rel=1e-4)
+    assert selection["temperature"] != pytest.approx(fit_temperature(margins[-1]), rel=1e-3)  # not one fold's
 
 
 def test_validation_patience_ends_a_validation_fit_that_stopped_improving(small_data):
