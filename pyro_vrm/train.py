@@ -36,8 +36,10 @@ __all__ = ["supervision_setup", "resolve_model_config", "fit_vrm", "select_kl_we
 WEIGHT_DECAY_GRID = (0.0, 1e-4, 1e-3, 1e-2, 0.1)
 # KL weights beta that ``--kl-weight auto`` chooses from, the same way; 1 is the model's own posterior.
 KL_WEIGHT_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
-# What ``"auto"`` chooses from, per TrainConfig field, for VRM.
+# What ``"auto"`` chooses from, per TrainConfig field, for VRM, in this order; while one is chosen,
+# another still "auto" is held at its value here (the model's own posterior, no decay).
 AUTO_GRIDS = {"kl_weight": KL_WEIGHT_GRID, "weight_decay": WEIGHT_DECAY_GRID}
+WHILE_ANOTHER_IS_CHOSEN = {"kl_weight": 1.0, "weight_decay": 0.0}
 
 
 def supervision_setup(train: PreferenceFeatures, config: TrainConfig):
@@ -80,7 +82,8 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
         train_config: optimisation, KL weight beta and supervision lambda (defaults: the
             recommended preset; :func:`pyro_vrm.config.preset` gives the others). A KL weight or
             weight decay of ``"auto"`` is chosen first by :func:`select_on_validation` from
-            :data:`AUTO_GRIDS`; the checkpoint's config records the choice (``train.kl_weight``,
+            :data:`AUTO_GRIDS` (both: beta first, the decay then at that beta); the checkpoint's
+            config records the choice (``train.kl_weight``,
             ``train.weight_decay``) and the table (``kl_weight_selection``, ``weight_decay_selection``).
         priors: every prior of the model.
         run: a run folder for ``metrics.jsonl`` and checkpoints.
@@ -103,10 +106,14 @@ def fit_vrm(train: PreferenceFeatures, model_config: ModelConfig = ModelConfig()
     cfg, selections = train_config, {}
     for setting, grid in AUTO_GRIDS.items():
         if getattr(cfg, setting) == "auto":
-            table = select_on_validation(train, model_config, cfg, priors, setting, grid)
+            held = {other: value for other, value in WHILE_ANOTHER_IS_CHOSEN.items()
+                    if other != setting and getattr(cfg, other) == "auto"}
+            table = select_on_validation(train, model_config, replace(cfg, **held), priors, setting, grid)
             best = max(table, key=lambda row: (row["validation_log_lik"], row[setting]))
-            cfg = _stopped_early(cfg, best["steps"], **{setting: best[setting]})
+            cfg, steps = replace(cfg, **{setting: best[setting]}), best["steps"]
             selections[f"{setting}_selection"] = table
+    if selections:  # run for the steps the last choice stopped at
+        cfg = _stopped_early(cfg, steps)
     seed_everything(cfg.seed)
     model_config = resolve_model_config(train, model_config)
     vrm = VRM(model_config, train.hidden_size, model_config.num_objectives, priors)

@@ -245,6 +245,25 @@ def test_k_validation_folds_hold_out_every_prompt_once_and_average_their_scores(
     assert selection["temperature"] != pytest.approx(fit_temperature(margins[-1]), rel=1e-3)  # not one fold's
 
 
+def test_two_auto_settings_are_chosen_one_after_the_other_not_one_inside_the_other(small_data, monkeypatch):
+    import pyro_vrm.train as train_module
+    fits, fit = [], train_module.fit_vrm
+
+    def counted(train, model_config, train_config, *args, **kwargs):
+        fits.append((train_config.kl_weight, train_config.weight_decay))
+        return fit(train, model_config, train_config, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit_vrm", counted)
+    conditional = replace(SMALL, conditional_prior=True)
+    vrm, _ = counted(small_data.train, conditional, quick(steps=20, kl_weight="auto", weight_decay="auto"),
+                     progress=False)
+    # beta chosen with no decay, then the decay at the chosen beta, then the fit: 1 + 5 + 5 fits
+    chosen_beta = max(vrm.selections["kl_weight_selection"], key=lambda r: (r["validation_log_lik"], r["kl_weight"]))
+    assert fits[1:6] == [(beta, 0.0) for beta in KL_WEIGHT_GRID]
+    assert fits[6:] == [(chosen_beta["kl_weight"], decay) for decay in WEIGHT_DECAY_GRID]
+    assert len(fits) == 11 and set(vrm.selections) == {"kl_weight_selection", "weight_decay_selection"}
+
+
 def test_validation_patience_ends_a_validation_fit_that_stopped_improving(small_data):
     from pyro_vrm.train import _scored_at_logged_steps
     script = iter([0.1, 0.3, 0.2, 0.25, 0.3, 0.9, 1.0])  # validation log-likelihoods, best at the 2nd
