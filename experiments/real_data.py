@@ -15,11 +15,11 @@ appended to the chosen response: half the difference of the two accuracies is th
 what it buys the side that carries it; the rest of the drop is the cost of perturbing the text.
 
     python experiments/real_data.py [--data uf,hh] [--seeds 1] [--workers 1]
-                                    [--models vrm,vrm-tempered,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin]
+                                    [--models vrm,vrm-tempered,vrm-auto,vrm-folds,vrm-paper,rm,rm-tuned,rm-temperature,twin]
 
 Both files are in ../shared/data; a data set whose file is absent is skipped with a message.
-Add ``vrm-folds`` to ``--models`` for the default VRM with its weight decay chosen on folds of the
-training prompts (``common.OVERRIDES``).
+``vrm-folds`` is the default VRM with its weight decay chosen on folds of the training prompts
+(``common.OVERRIDES``).
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def row(name: str, model: str, runs: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.splitlines()[0], models="vrm,vrm-tempered,vrm-auto,vrm-paper,rm,rm-tuned,rm-temperature,twin")
+    p = parser(__doc__.splitlines()[0],
+               models="vrm,vrm-tempered,vrm-auto,vrm-folds,vrm-paper,rm,rm-tuned,rm-temperature,twin")
     p.set_defaults(data="uf,hh")
     p.add_argument("--workers", type=int, default=1, help="fits run in this many processes, one thread each")
     args = p.parse_args(argv)
