@@ -34,8 +34,8 @@ from .config import ConfigError, TrainConfig
 from .features import PairBatch
 from .runs import RunDir
 
-__all__ = ["NonFiniteLoss", "TrainingInterrupted", "StopTraining", "Checkpointing", "process_state", "seed_everything",
-           "minibatches", "optimize"]
+__all__ = ["NonFiniteLoss", "TrainingInterrupted", "StopTraining", "Checkpointing", "process_state",
+           "seed_everything", "minibatches", "optimize"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -231,12 +231,12 @@ def optimize(loss_module: nn.Module, source, cfg: TrainConfig, *,
             interrupted, stopping = _any(accelerator, sigterm.received, stopping)
             if (interrupted or stopping) and last_good != step:
                 save(step)
-            if stopping and not interrupted:
-                break
             if interrupted:
                 bar.close()
                 where = f"; checkpoint in {ckpt.run.checkpoint_dir}, continue with --resume" if ckpt else ""
                 raise TrainingInterrupted(f"SIGTERM received: stopped after step {step}{where}")
+            if stopping:
+                break
     bar.close()
     # Free the DistributedDataParallel wrapper now: left to the interpreter's exit, it is
     # destroyed after the process group, and gloo's threads abort the process. One process has no

@@ -174,9 +174,9 @@ def select_on_validation(train: PreferenceFeatures, model_config: ModelConfig, t
     table = []
     for value in grid:
         config = replace(train_config, **{setting: value}, log_every=train_config.validate_every)
-        scored = _averaged([_scored_at_logged_steps(
-            lambda monitor, part=part: fit_vrm(part, model_config, config, priors, progress=False, monitor=monitor),
-            lambda vrm, held=held: score(vrm, held), config) for part, held in folds])
+        scored = _scored_on_folds(
+            lambda part, monitor: fit_vrm(part, model_config, config, priors, progress=False, monitor=monitor),
+            score, folds, config)
         (log_lik, accuracy), step = max(scored, key=lambda pair: pair[0][0])
         table.append({setting: value, "steps": step, "validation_log_lik": log_lik, "validation_accuracy": accuracy,
                       "last_scored_step": scored[-1][1]})
@@ -203,6 +203,17 @@ def _scored_at_logged_steps(fit: Callable[[Callable], object],
     if PartialState().num_processes > 1:  # the monitor runs on the main process: all choose as it does
         scores = broadcast_object_list([scores])[0]
     return [(s, min(config.log_every * (i + 1), config.steps)) for i, s in enumerate(scores)]
+
+
+def _scored_on_folds(fit: Callable[[PreferenceFeatures, Callable], object],
+                     score: Callable[[torch.nn.Module, PreferenceFeatures], tuple[float, float]],
+                     folds: list[tuple[PreferenceFeatures, PreferenceFeatures]],
+                     config: TrainConfig) -> list[tuple[tuple[float, float], int]]:
+    """:func:`_scored_at_logged_steps` of ``fit(fitting pairs, monitor)`` on each of ``folds``,
+    scored by ``score(model, its validation pairs)``, then :func:`_averaged` over the folds."""
+    return _averaged([_scored_at_logged_steps(lambda monitor, part=part: fit(part, monitor),
+                                              lambda model, held=held: score(model, held), config)
+                      for part, held in folds])
 
 
 def _averaged(curves: list[list[tuple[tuple[float, float], int]]]) -> list[tuple[tuple[float, float], int]]:
@@ -310,9 +321,9 @@ def fit_tuned_reward_model(train: PreferenceFeatures, model_config: ModelConfig 
     table = []
     for decay in grid:
         config = replace(train_config, weight_decay=decay, log_every=train_config.validate_every)
-        scored = _averaged([_scored_at_logged_steps(
-            lambda monitor, part=part: fit_reward_model(part, model_config, config, progress=False, monitor=monitor),
-            lambda head, held=held: validation_log_likelihood(head, held), config) for part, held in folds])
+        scored = _scored_on_folds(
+            lambda part, monitor: fit_reward_model(part, model_config, config, progress=False, monitor=monitor),
+            validation_log_likelihood, folds, config)
         (log_lik, accuracy), step = max(scored, key=lambda pair: pair[0])
         table.append({"weight_decay": decay, "steps": step, "validation_log_lik": log_lik,
                       "validation_accuracy": accuracy, "last_scored_step": scored[-1][1]})
